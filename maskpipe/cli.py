@@ -1,0 +1,205 @@
+"""`maskpipe` command line: synth | index | train | infer | evaluate | data upload.
+
+Each subcommand parses its flags and calls one plain function; heavy imports are deferred so
+`maskpipe --help` is instant. Errors that are the user's to fix print one clear line and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from maskpipe import __version__
+
+
+class UserError(Exception):
+    """Bad input the user can fix: printed without a traceback."""
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size must look like 384x512 (WIDTHxHEIGHT), got {text!r}")
+    return w, h
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="maskpipe", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"maskpipe {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("synth", help="generate a synthetic data set in the competition layout")
+    p.add_argument("out", type=Path)
+    p.add_argument("--people", type=int, default=60)
+    p.add_argument("--eval-people", type=int, default=20)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--size", type=_size, default=(384, 512), help="WIDTHxHEIGHT (default 384x512)")
+    p.set_defaults(func=_cmd_synth)
+
+    p = sub.add_parser("index", help="index a data root (local folder or s3://bucket/prefix)")
+    p.add_argument("data_root")
+    p.add_argument("-o", "--out", type=Path, required=True, help="index.parquet to write")
+    p.add_argument("--report", type=Path, help="report.json to write")
+    p.add_argument("--val-fraction", type=float, default=0.2)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument(
+        "--corrections",
+        help="label corrections: 'known' (the widely reported fixes) or a CSV/YAML file",
+    )
+    p.add_argument(
+        "--skip-bad-profiles",
+        action="store_true",
+        help="skip (and report) profile folders whose names do not parse or disagree with train.csv",
+    )
+    p.add_argument("--cache-dir", type=Path, help="local cache for s3:// data")
+    p.add_argument("--workers", type=int, help="parallel decode checks (default: CPU count)")
+    p.set_defaults(func=_cmd_index)
+
+    p = sub.add_parser("train", help="train one task model")
+    p.add_argument("--task", required=True, choices=["mask", "gender", "age"])
+    p.add_argument("--index", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True, help="checkpoint folder (resumed if present)")
+    _config_args(p)
+    p.add_argument("--resume-uri", help="s3://bucket/key/ where resume state is mirrored")
+    p.add_argument("--cache-dir", type=Path, help="local cache for s3:// data")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("infer", help="three checkpoints + eval data -> submission.csv")
+    p.add_argument("--mask", type=Path, required=True)
+    p.add_argument("--gender", type=Path, required=True)
+    p.add_argument("--age", type=Path, required=True)
+    p.add_argument("--data", required=True, help="data root with eval/info.csv and eval/images/")
+    p.add_argument("-o", "--out", type=Path, required=True)
+    p.add_argument("--tta", action="store_true", help="horizontal-flip test-time augmentation")
+    p.add_argument("--probs", type=Path, help="write per-task probabilities (parquet)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--workers", type=int)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--cache-dir", type=Path, help="local cache for s3:// data")
+    p.set_defaults(func=_cmd_infer)
+
+    p = sub.add_parser("evaluate", help="score submission.csv against a truth CSV")
+    p.add_argument("submission", type=Path)
+    p.add_argument("truth", type=Path)
+    p.add_argument("--json", type=Path, help="write the scores as JSON")
+    p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("data", help="move data sets in and out of MinIO")
+    data_sub = p.add_subparsers(dest="data_command", required=True)
+    q = data_sub.add_parser("upload", help="upload a local data set to s3://bucket/prefix")
+    q.add_argument("local_dir", type=Path)
+    q.add_argument("uri")
+    q.add_argument("--workers", type=int, default=8)
+    q.set_defaults(func=_cmd_upload)
+    return parser
+
+
+def _config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", default="default", help="default | original | smoke")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set train.epochs=3 --set model.arch=efficientnet_b0",
+    )
+
+
+def _cmd_synth(args: argparse.Namespace) -> None:
+    from maskpipe.data.synth import generate
+
+    summary = generate(
+        args.out, people=args.people, eval_people=args.eval_people, seed=args.seed, size=args.size
+    )
+    print(summary)
+
+
+def _cmd_index(args: argparse.Namespace) -> None:
+    from maskpipe.data.index import build_index
+
+    result = build_index(
+        args.data_root,
+        args.out,
+        report_path=args.report,
+        val_fraction=args.val_fraction,
+        seed=args.seed,
+        corrections=args.corrections,
+        skip_bad_profiles=args.skip_bad_profiles,
+        cache_dir=args.cache_dir,
+        workers=args.workers,
+    )
+    print(result.summary())
+
+
+def _cmd_train(args: argparse.Namespace) -> None:
+    from maskpipe.config import load_config
+    from maskpipe.train import train_task
+
+    config = load_config(args.preset, args.overrides)
+    result = train_task(
+        config,
+        args.task,
+        args.index,
+        args.out,
+        resume_uri=args.resume_uri,
+        cache_dir=args.cache_dir,
+    )
+    print(result.summary())
+
+
+def _cmd_infer(args: argparse.Namespace) -> None:
+    from maskpipe.ensemble import predict_submission
+
+    result = predict_submission(
+        {"mask": args.mask, "gender": args.gender, "age": args.age},
+        args.data,
+        args.out,
+        tta=args.tta,
+        probs_path=args.probs,
+        batch_size=args.batch_size,
+        num_workers=args.workers,
+        device=args.device,
+        cache_dir=args.cache_dir,
+    )
+    print(result.summary())
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> None:
+    from maskpipe.evaluate import evaluate_files, format_scores
+
+    scores = evaluate_files(args.submission, args.truth, json_path=args.json)
+    print(format_scores(scores))
+
+
+def _cmd_upload(args: argparse.Namespace) -> None:
+    from maskpipe.storage import upload_dir
+
+    result = upload_dir(args.local_dir, args.uri, workers=args.workers)
+    print(result.summary())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    from maskpipe.errors import MaskpipeError
+
+    try:
+        args.func(args)
+    except (MaskpipeError, UserError) as exc:
+        print(f"maskpipe {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
