@@ -1,0 +1,170 @@
+"""Strict image decoding: every image is fully decoded or rejected with a reason.
+
+The competition's photos are JPEG and PNG files. Two decoders in common use fail quietly:
+OpenCV's ``imread`` returns a partly grey picture for a truncated JPEG (a warning only), and
+PIL does the same when ``ImageFile.LOAD_TRUNCATED_IMAGES`` is on. Here PIL always decodes with
+that switch off and calls ``load()``, which raises on truncation, so a damaged file is reported
+instead of being trained on.
+
+Images that are not RGB (grayscale, palette, RGBA, CMYK JPEG, 16-bit) are converted to RGB; the
+alpha channel is dropped. EXIF orientation is not applied, as in the competition's baseline, so
+training and inference see the pixels in stored order. Images above ``MAX_PIXELS`` are rejected
+before decoding (a decompression bomb or a wrong file would take gigabytes).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import warnings
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+from PIL import Image, ImageFile, UnidentifiedImageError
+
+from maskpipe.errors import DataLayoutError
+
+# The competition's photos are 384x512 (0.2 MP); 40 MP leaves room for any camera photo while
+# stopping a decompression bomb long before it exhausts memory.
+MAX_PIXELS = 40_000_000
+
+IMAGE_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png"})
+
+# Below this many files the process pool costs more to start than it saves.
+_MIN_PARALLEL = 64
+
+
+class ImageDecodeError(DataLayoutError):
+    """One image cannot be used; ``reason`` is the short cause (``truncated``, ``zero-byte``...)."""
+
+    def __init__(self, path: str | os.PathLike[str], reason: str, detail: str = "") -> None:
+        self.path = os.fspath(path)
+        self.reason = reason
+        self.cause = f"{reason} ({detail})" if detail else reason
+        self._args = (self.path, reason, detail)
+        super().__init__(
+            f"{self.path}: {self.cause}; replace the file with a readable JPEG or PNG, or remove it"
+        )
+
+    def __reduce__(self):  # survive pickling into and out of worker processes
+        return (type(self), self._args)
+
+
+def has_image_extension(name: str) -> bool:
+    """True for ``.jpg``, ``.jpeg`` and ``.png`` in any letter case."""
+    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+@contextlib.contextmanager
+def _strict_pil() -> Iterator[None]:
+    # Another library in the process may have switched truncated loading on; force it off
+    # while decoding and restore the caller's setting afterwards.
+    previous = ImageFile.LOAD_TRUNCATED_IMAGES
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
+    try:
+        with warnings.catch_warnings():
+            # We apply our own pixel limit below; PIL's warning would only be noise.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            yield
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = previous
+
+
+def _open_checked(path: Path) -> Image.Image:
+    """Open ``path`` and decode it fully; ImageDecodeError with a short reason otherwise."""
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise ImageDecodeError(path, "missing file") from None
+    except OSError as exc:
+        raise ImageDecodeError(path, "unreadable file", exc.strerror or str(exc)) from None
+    if size == 0:
+        raise ImageDecodeError(path, "zero-byte file")
+    try:
+        image = Image.open(path)
+    except Image.DecompressionBombError as exc:
+        raise ImageDecodeError(path, "image too large", str(exc)) from None
+    except UnidentifiedImageError:
+        raise ImageDecodeError(path, "not an image", "no JPEG or PNG header") from None
+    except OSError as exc:
+        raise ImageDecodeError(path, _reason(exc, "unreadable file"), str(exc)) from None
+    if image.format not in {"JPEG", "PNG", "MPO"}:
+        image.close()
+        raise ImageDecodeError(path, "unsupported image format", f"{image.format}, expected JPEG or PNG")
+    width, height = image.size
+    if width * height > MAX_PIXELS:
+        image.close()
+        raise ImageDecodeError(
+            path, "image too large", f"{width}x{height} is over the {MAX_PIXELS:,}-pixel limit"
+        )
+    if width == 0 or height == 0:
+        image.close()
+        raise ImageDecodeError(path, "empty image", f"{width}x{height}")
+    try:
+        image.load()
+    except (OSError, SyntaxError, ValueError) as exc:
+        image.close()
+        raise ImageDecodeError(path, _reason(exc, "corrupt image"), str(exc)) from None
+    return image
+
+
+def _reason(exc: Exception, default: str) -> str:
+    return "truncated image" if "truncat" in str(exc).lower() else default
+
+
+def load_rgb(path: str | os.PathLike[str]) -> np.ndarray:
+    """Decode ``path`` into an HxWx3 uint8 RGB array.
+
+    Raises ImageDecodeError (a DataLayoutError) naming the file when it is empty, truncated,
+    not an image, larger than ``MAX_PIXELS`` or otherwise undecodable.
+    """
+    path = Path(path)
+    with _strict_pil():
+        image = _open_checked(path)
+        try:
+            rgb = image if image.mode == "RGB" else _to_rgb(image)
+            array = np.asarray(rgb, dtype=np.uint8)
+        finally:
+            image.close()
+    return np.ascontiguousarray(array)
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    if image.mode in {"I;16", "I;16B", "I;16L", "I"}:
+        # 16-bit grayscale PNG: scale to 8 bits instead of letting PIL clip at 255.
+        values = np.asarray(image, dtype=np.float64)
+        top = values.max() if values.size else 0.0
+        scale = 255.0 / 65535.0 if top > 255 else 1.0
+        gray = np.clip(values * scale, 0, 255).astype(np.uint8)
+        return Image.fromarray(np.stack([gray] * 3, axis=-1), mode="RGB")
+    return image.convert("RGB")
+
+
+def check_image(path: str | os.PathLike[str]) -> str | None:
+    """Fully decode ``path``; return None when usable, else the reason with its detail."""
+    try:
+        with _strict_pil():
+            _open_checked(Path(path)).close()
+    except ImageDecodeError as exc:
+        return exc.cause
+    return None
+
+
+def check_images(paths: Sequence[str | os.PathLike[str]], workers: int | None = None) -> list[str | None]:
+    """``check_image`` over many files, in a process pool; results in input order."""
+    workers = default_workers() if workers is None else max(1, int(workers))
+    if workers == 1 or len(paths) < _MIN_PARALLEL:
+        return [check_image(p) for p in paths]
+    chunksize = max(1, len(paths) // (workers * 8))
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(check_image, [os.fspath(p) for p in paths], chunksize=chunksize))
+
+
+def default_workers() -> int:
+    """CPU cores this process may use (cgroup/affinity aware where the OS tells us)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
