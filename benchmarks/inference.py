@@ -1,0 +1,250 @@
+"""Inference speed: the competition's per-image ensemble loop against maskpipe's batched one.
+
+Same three models (untrained ``resnet10t`` checkpoints at the smoke preset's input size, built
+with ``create_model`` and saved as real checkpoint folders), same JPEGs, same machine, one run:
+
+* original: for each image, decode it, then for each model run the albumentations eval
+  transform, forward that one image and take ``.argmax().item()``;
+* batched: :func:`maskpipe.ensemble.predict_probs` - DataLoader workers decode each image
+  once and crop/resize it to uint8, batches of ``--batch-size``, channels-last,
+  ``torch.inference_mode``, bf16 autocast with ``--bf16`` on CUDA.
+
+Both paths must agree on the predicted classes, and a path that cannot run as asked (CUDA or
+bf16 unavailable) stops the script with a non-zero exit instead of measuring a fallback.
+The last line is ``inference speedup: R.Rx``.
+
+    python benchmarks/inference.py            # 256 images of 384x512 on the CPU
+    python benchmarks/inference.py --quick    # 32 images, a smoke run
+    python benchmarks/inference.py --device cuda --bf16 --images 2048
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from maskpipe.checkpoint import load_checkpoint, save_checkpoint
+from maskpipe.config import load_config
+from maskpipe.data.transforms import hwc_float_to_chw, original_eval_transform
+from maskpipe.ensemble import combine_classes, load_task_models, predict_probs, resolve_device
+from maskpipe.errors import MaskpipeError
+from maskpipe.labels import NUM_CLASSES, TASKS, encode_class
+from maskpipe.models import create_model
+
+MIN_AGREEMENT = {False: 0.99, True: 0.95}  # fp32 / bf16: only near-ties may flip
+
+
+class BenchmarkError(Exception):
+    """The benchmark cannot produce an honest figure."""
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--quick", action="store_true", help="a smoke run: 32 images, no warm-up pass"
+    )
+    parser.add_argument("--images", type=int, help="number of eval images (256; --quick 32)")
+    parser.add_argument("--image-size", type=_size, default=(384, 512), help="photo WIDTHxHEIGHT")
+    parser.add_argument(
+        "--input-size", type=_size, help="model input WIDTHxHEIGHT (default: the smoke preset's)"
+    )
+    parser.add_argument("--arch", default="resnet10t")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--workers", type=int, help="decoding workers (default: CPU count)")
+    parser.add_argument(
+        "--threads", type=int, help="torch intra-op threads for both paths (default: torch's)"
+    )
+    parser.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA only)")
+    parser.add_argument("--work-dir", type=Path, help="where images and checkpoints go (temp dir)")
+    args = parser.parse_args(argv)
+    if args.images is None:
+        args.images = 32 if args.quick else 256
+    if args.images < 1 or args.batch_size < 1:
+        parser.error("--images and --batch-size must be >= 1")
+    return args
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        width, height = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT, e.g. 384x512; got {text!r}")
+    return width, height
+
+
+# ---------------------------------------------------------------------------------------------
+# fixtures: images and checkpoints
+
+
+def write_images(folder: Path, count: int, size: tuple[int, int], seed: int = 0) -> list[Path]:
+    """Photo-like JPEGs (smooth shading, a face-sized blob, mild noise), quality 95."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    width, height = size
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    paths = []
+    for i in range(count):
+        base = rng.uniform(40, 200, 3)
+        slope = rng.uniform(-0.3, 0.3, 3)
+        cy, cx = rng.uniform(0.3, 0.7) * height, rng.uniform(0.3, 0.7) * width
+        blob = np.exp(-(((yy - cy) / (0.2 * height)) ** 2 + ((xx - cx) / (0.2 * width)) ** 2))
+        pixels = base + slope * xx[..., None] + 80 * blob[..., None] * rng.uniform(-1, 1, 3)
+        pixels += rng.normal(0, 6, pixels.shape)
+        path = folder / f"{i:05d}.jpg"
+        Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(path, quality=95)
+        paths.append(path)
+    return paths
+
+
+def write_checkpoints(folder: Path, arch: str, input_size: tuple[int, int] | None) -> dict[str, Path]:
+    """One untrained checkpoint per task, with BatchNorm statistics measured on noise so the
+    models give varied answers (fresh statistics make every image the same class)."""
+    overrides = [f"model.arch={arch}"]
+    if input_size is not None:
+        overrides.append(f"data.input_size=[{input_size[1]},{input_size[0]}]")
+    config = load_config("smoke", overrides)
+    out = {}
+    for seed, task in enumerate(TASKS):
+        torch.manual_seed(seed)
+        model = create_model(arch, NUM_CLASSES[task], pretrained=False)
+        _calibrate_batchnorm(model, config.data.input_size)
+        save_checkpoint(folder / task, model, task=task, config=config, epoch=0, metrics={})
+        out[task] = folder / task
+    return out
+
+
+def _calibrate_batchnorm(model: torch.nn.Module, input_size: list[int]) -> None:
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.reset_running_stats()
+            module.momentum = None
+    model.train()
+    with torch.no_grad():
+        model(torch.rand(16, 3, *input_size) * 4 - 2)
+    model.eval()
+
+
+# ---------------------------------------------------------------------------------------------
+# the two paths
+
+
+def original_loop(checkpoints: dict[str, Path], paths: list[Path], device: torch.device) -> np.ndarray:
+    """The competition's inference: one image, one model, one ``.item()`` at a time."""
+    models, transforms = {}, {}
+    for task in TASKS:
+        checkpoint = load_checkpoint(checkpoints[task], expected_task=task, device=device)
+        models[task] = checkpoint.model
+        transforms[task] = original_eval_transform(
+            checkpoint.crop_size, checkpoint.input_size, checkpoint.mean, checkpoint.std
+        )
+    answers = []
+    for path in paths:
+        image = np.array(Image.open(path).convert("RGB"))
+        labels = []
+        for task in TASKS:
+            x = hwc_float_to_chw(transforms[task](image=image)["image"]).unsqueeze(0).to(device)
+            with torch.no_grad():
+                labels.append(models[task](x).argmax(dim=-1).item())
+        answers.append(encode_class(*labels))
+    return np.array(answers)
+
+
+def batched(
+    checkpoints: dict[str, Path], paths: list[Path], device: torch.device, args: argparse.Namespace
+) -> np.ndarray:
+    loaded = load_task_models(checkpoints, device)
+    for task, checkpoint in loaded.items():
+        actual = next(checkpoint.model.parameters()).device
+        if actual.type != device.type:
+            raise BenchmarkError(f"the {task} model is on {actual}, not the requested {device}")
+    probs = predict_probs(
+        loaded,
+        paths,
+        batch_size=args.batch_size,
+        num_workers=args.workers,
+        device=device,
+        amp=bool(args.bf16),
+    )
+    return combine_classes(*(probs[task].argmax(axis=1) for task in TASKS))
+
+
+def timed(func, *func_args) -> tuple[np.ndarray, float]:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    result = func(*func_args)
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return result, time.perf_counter() - start
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def run(args: argparse.Namespace, work_dir: Path) -> float:
+    device = resolve_device(args.device)  # MaskpipeError when CUDA was asked for and is absent
+    if args.bf16 and device.type != "cuda":
+        raise BenchmarkError(f"--bf16 needs CUDA; the device is {device}")
+    if args.bf16 and not torch.cuda.is_bf16_supported():
+        raise BenchmarkError("--bf16 was asked for but this GPU does not support bf16")
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    paths = write_images(work_dir / "images", args.images, args.image_size)
+    checkpoints = write_checkpoints(work_dir / "checkpoints", args.arch, args.input_size)
+    input_size = load_checkpoint(checkpoints["mask"]).input_size
+
+    if not args.quick:
+        # Warm-up on a few images: one-time kernel selection should not count for either side.
+        warm = paths[: min(len(paths), 4)]
+        original_loop(checkpoints, warm, device)
+        batched(checkpoints, warm, device, args)
+
+    original, original_s = timed(original_loop, checkpoints, paths, device)
+    ours, ours_s = timed(batched, checkpoints, paths, device, args)
+    agreement = float((original == ours).mean())
+
+    n = len(paths)
+    workers = "auto" if args.workers is None else args.workers
+    print(
+        f"{n} JPEGs of {args.image_size[0]}x{args.image_size[1]}; 3 x {args.arch} at "
+        f"{input_size[1]}x{input_size[0]} (WxH); device {device}"
+        f"{' bf16' if args.bf16 else ''}; torch threads {torch.get_num_threads()}; "
+        f"batch {args.batch_size}; workers {workers}"
+    )
+    print(f"original per-image loop: {n / original_s:8.1f} images/s ({original_s:.2f} s)")
+    print(f"batched ensemble:        {n / ours_s:8.1f} images/s ({ours_s:.2f} s)")
+    print(f"predicted classes agree on {agreement:.1%} of images")
+    if agreement < MIN_AGREEMENT[bool(args.bf16)]:
+        raise BenchmarkError(
+            f"the two paths disagree on {1 - agreement:.1%} of images; a speed ratio between "
+            f"different computations means nothing"
+        )
+    speedup = original_s / ours_s
+    print(f"inference speedup: {speedup:.1f}x")
+    return speedup
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        if args.work_dir is not None:
+            run(args, args.work_dir)
+        else:
+            with tempfile.TemporaryDirectory(prefix="maskpipe-bench-") as tmp:
+                run(args, Path(tmp))
+    except (BenchmarkError, MaskpipeError) as exc:
+        print(f"benchmark failed: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

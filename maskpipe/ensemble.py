@@ -1,0 +1,439 @@
+"""Batched three-model inference: eval images -> per-task probabilities -> 18 classes -> CSV.
+
+How this differs from the competition's loop (one image at a time, one ``.item()`` per model):
+
+* every image is decoded once, in DataLoader workers, and cropped/resized there to each input
+  size the checkpoints need (uint8, so batches are small to move); models that share a size
+  share the batch;
+* each checkpoint is run with its *own* saved preprocessing (crop, input size, mean/std from
+  ``checkpoint.json``), normalised after the uint8 transfer, channels-last, under
+  ``torch.inference_mode`` and, on CUDA, bf16 autocast;
+* horizontal-flip TTA rides in the same forward pass (original and flipped images
+  concatenated) and averages the softmax probabilities;
+* the three predictions are combined as ``mask * 6 + gender * 3 + age`` (:mod:`maskpipe.labels`)
+  on whole arrays, and the submission keeps ``eval/info.csv`` order, every row present.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from maskpipe.atomic import atomic_path, write_text
+from maskpipe.checkpoint import LoadedCheckpoint, load_checkpoint
+from maskpipe.errors import DataLayoutError, MaskpipeError
+from maskpipe.labels import NUM_CLASSES, TASKS
+
+log = logging.getLogger(__name__)
+
+# (crop_size, input_size): one decoded image is cropped/resized once per distinct view.
+View = tuple[tuple[int, int] | None, tuple[int, int]]
+
+SUBMISSION_COLUMNS = ("ImageID", "ans")
+MAX_DEFAULT_WORKERS = 8
+
+
+@dataclass
+class InferResult:
+    """What :func:`predict_submission` wrote and how long it took."""
+
+    submission: pd.DataFrame
+    out_csv: Path
+    probs_path: Path | None
+    seconds: float
+    device: str
+    tta: bool
+
+    def summary(self) -> str:
+        n = len(self.submission)
+        rate = n / self.seconds if self.seconds > 0 else float("inf")
+        counts = np.bincount(self.submission["ans"].to_numpy(), minlength=18)
+        used = int((counts > 0).sum())
+        lines = [
+            f"wrote {self.out_csv}: {n} images, {used}/18 classes predicted "
+            f"({self.seconds:.1f} s, {rate:.1f} images/s on {self.device}"
+            f"{', flip TTA' if self.tta else ''})"
+        ]
+        if self.probs_path is not None:
+            lines.append(f"wrote per-task probabilities to {self.probs_path}")
+        return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# entry points
+
+
+def predict_submission(
+    checkpoints: Mapping[str, Path | str | LoadedCheckpoint],
+    data: str | Path | pd.DataFrame,
+    out_csv: str | Path,
+    *,
+    data_root: str | None = None,
+    tta: bool = False,
+    probs_path: str | Path | None = None,
+    batch_size: int = 64,
+    num_workers: int | None = None,
+    device: str = "auto",
+    cache_dir: str | Path | None = None,
+    amp: bool | None = None,
+) -> InferResult:
+    """Predict the 18-class id of every eval image and write ``ImageID,ans`` atomically.
+
+    Args:
+        checkpoints: ``{"mask": DIR, "gender": DIR, "age": DIR}`` (or loaded checkpoints);
+            each folder must hold a checkpoint of that task.
+        data: a data root (local or ``s3://``) with ``eval/info.csv`` and ``eval/images/``, or
+            an eval index frame (``image_id``, ``path``), which then needs ``data_root``.
+        out_csv: the submission to write (``ImageID,ans`` in ``info.csv`` order).
+        tta: average the probabilities of each image and its horizontal flip.
+        probs_path: also write per-task probabilities (parquet) for later ensembling.
+        batch_size: images per forward pass (TTA doubles what the model sees).
+        num_workers: decoding workers; None chooses from the CPU count.
+        device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
+        cache_dir: local cache for ``s3://`` images.
+        amp: bf16 autocast; None means on for CUDA, off for CPU.
+    """
+    start = time.perf_counter()
+    torch_device = resolve_device(device)
+    # Checkpoints first: a wrong folder fails in seconds, before any image is read.
+    loaded = load_task_models(checkpoints, torch_device)
+    frame, root = _eval_frame(data, data_root, cache_dir)
+    probs = predict_probs(
+        loaded,
+        localize_paths(root, frame["path"].tolist(), cache_dir),
+        tta=tta,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        device=torch_device,
+        amp=amp,
+    )
+    classes = combine_classes(*(probs[task].argmax(axis=1) for task in TASKS))
+    submission = pd.DataFrame({"ImageID": frame["image_id"].astype(str).to_numpy(), "ans": classes})
+    out_csv = Path(out_csv)
+    write_text(out_csv, submission.to_csv(index=False))
+    if probs_path is not None:
+        probs_path = Path(probs_path)
+        write_probs(probs_path, frame["image_id"].astype(str).tolist(), probs)
+    return InferResult(
+        submission=submission,
+        out_csv=out_csv,
+        probs_path=probs_path,
+        seconds=time.perf_counter() - start,
+        device=str(torch_device),
+        tta=tta,
+    )
+
+
+def predict_classes(
+    checkpoints: Mapping[str, Path | str | LoadedCheckpoint],
+    frame: pd.DataFrame,
+    data_root: str,
+    *,
+    tta: bool = False,
+    batch_size: int = 64,
+    num_workers: int | None = None,
+    device: str = "auto",
+    cache_dir: str | Path | None = None,
+    amp: bool | None = None,
+) -> np.ndarray:
+    """18-class ids for the rows of ``frame`` (column ``path``, relative to ``data_root``),
+    e.g. the validation people of the index, in row order."""
+    if "path" not in frame.columns:
+        raise DataLayoutError(f"the frame needs a 'path' column; it has {list(frame.columns)}")
+    torch_device = resolve_device(device)
+    loaded = load_task_models(checkpoints, torch_device)
+    probs = predict_probs(
+        loaded,
+        localize_paths(data_root, frame["path"].tolist(), cache_dir),
+        tta=tta,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        device=torch_device,
+        amp=amp,
+    )
+    return combine_classes(*(probs[task].argmax(axis=1) for task in TASKS))
+
+
+# ---------------------------------------------------------------------------------------------
+# setup
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; asking for CUDA without one is an error."""
+    name = str(device)
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise MaskpipeError(
+            f"device {name!r} was requested but torch sees no CUDA GPU "
+            f"(torch {torch.__version__}); use --device cpu or --device auto"
+        )
+    if not (name == "cpu" or name.startswith("cuda")):
+        raise MaskpipeError(f"unknown device {name!r}; use auto, cpu or cuda")
+    return torch.device(name)
+
+
+def load_task_models(
+    checkpoints: Mapping[str, Path | str | LoadedCheckpoint], device: torch.device
+) -> dict[str, LoadedCheckpoint]:
+    """Load one checkpoint per task (each checked to be of that task), channels-last."""
+    unknown = sorted(set(checkpoints) - set(TASKS))
+    missing = [task for task in TASKS if task not in checkpoints]
+    if unknown or missing:
+        raise MaskpipeError(
+            f"inference needs exactly one checkpoint per task {', '.join(TASKS)}; "
+            f"missing: {missing or 'none'}, unknown: {unknown or 'none'}"
+        )
+    loaded = {}
+    for task in TASKS:
+        source = checkpoints[task]
+        if isinstance(source, LoadedCheckpoint):
+            if source.task != task:
+                raise MaskpipeError(
+                    f"checkpoint {source.path} is for task {source.task!r}, given as {task!r}"
+                )
+            checkpoint = source
+            checkpoint.model.to(device).eval()
+        else:
+            checkpoint = load_checkpoint(source, expected_task=task, device=device)
+        checkpoint.model.to(memory_format=torch.channels_last)
+        loaded[task] = checkpoint
+    return loaded
+
+
+def _eval_frame(
+    data: str | Path | pd.DataFrame, data_root: str | None, cache_dir: str | Path | None
+) -> tuple[pd.DataFrame, str]:
+    if isinstance(data, pd.DataFrame):
+        if data_root is None:
+            raise MaskpipeError(
+                "an eval index frame was given without data_root; pass the data root its "
+                "'path' column is relative to (read_eval_index returns it)"
+            )
+        for column in ("image_id", "path"):
+            if column not in data.columns:
+                raise DataLayoutError(
+                    f"the eval index frame lacks column {column!r}; it has {list(data.columns)}"
+                )
+        return data.reset_index(drop=True), str(data_root)
+    from maskpipe.data.index import index_eval
+
+    frame = index_eval(str(data), cache_dir)
+    return frame, str(frame.attrs.get("data_root", data))
+
+
+def localize_paths(root: str, rel_paths: list[str], cache_dir: str | Path | None) -> list[Path]:
+    from maskpipe.storage import localize
+
+    return localize(root, rel_paths, Path(cache_dir) if cache_dir is not None else None)
+
+
+def default_num_workers(images: int, batch_size: int) -> int:
+    """Decoding workers: the CPU cores (at most 8), none for a batch or two of images, where
+    starting worker processes costs more than it saves."""
+    from maskpipe.data.images import default_workers
+
+    if images <= 2 * batch_size:
+        return 0
+    return min(default_workers(), MAX_DEFAULT_WORKERS)
+
+
+# ---------------------------------------------------------------------------------------------
+# decoding
+
+
+class EvalImages(torch.utils.data.Dataset):
+    """Decode each image once and crop/resize it to every view; uint8 HxWx3 per view.
+
+    A bad image is returned as its error message rather than raised, so the main process can
+    raise the original, readable error (DataLoader workers re-wrap exceptions).
+    """
+
+    def __init__(self, paths: Sequence[str | Path], views: Sequence[View]) -> None:
+        self.paths = [str(p) for p in paths]
+        self.views = list(views)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, ...] | str:
+        from maskpipe.data.images import load_rgb
+        from maskpipe.data.transforms import crop_resize
+
+        try:
+            image = load_rgb(self.paths[index])
+        except MaskpipeError as exc:
+            return str(exc)
+        return tuple(crop_resize(image, crop, size) for crop, size in self.views)
+
+
+def collate_views(items: list[tuple[np.ndarray, ...] | str]) -> list[torch.Tensor] | str:
+    """Stack each view into a (N, H, W, 3) uint8 tensor; the first error message otherwise."""
+    for item in items:
+        if isinstance(item, str):
+            return item
+    return [torch.from_numpy(np.stack(arrays)) for arrays in zip(*items)]
+
+
+def _worker_init(_worker_id: int) -> None:
+    # One decode per worker process; OpenCV's own thread pool would oversubscribe the cores.
+    import cv2
+
+    cv2.setNumThreads(1)
+
+
+def checkpoint_view(checkpoint: LoadedCheckpoint) -> View:
+    return checkpoint.crop_size, checkpoint.input_size
+
+
+def make_loader(
+    paths: Sequence[str | Path],
+    views: Sequence[View],
+    *,
+    batch_size: int,
+    num_workers: int | None,
+    pin_memory: bool = False,
+) -> torch.utils.data.DataLoader:
+    if batch_size < 1:
+        raise MaskpipeError(f"batch size must be >= 1, got {batch_size}")
+    workers = default_num_workers(len(paths), batch_size) if num_workers is None else num_workers
+    if workers < 0:
+        raise MaskpipeError(f"workers must be >= 0, got {workers}")
+    return torch.utils.data.DataLoader(
+        EvalImages(paths, views),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+        collate_fn=collate_views,
+        pin_memory=pin_memory,
+        worker_init_fn=_worker_init if workers else None,
+        prefetch_factor=4 if workers else None,
+        persistent_workers=False,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# the batched forward pass
+
+
+def predict_probs(
+    loaded: Mapping[str, LoadedCheckpoint],
+    paths: Sequence[str | Path],
+    *,
+    tta: bool = False,
+    batch_size: int = 64,
+    num_workers: int | None = None,
+    device: torch.device | str = "cpu",
+    amp: bool | None = None,
+) -> dict[str, np.ndarray]:
+    """Softmax probabilities per task, ``{task: float32 (N, classes)}``, in ``paths`` order."""
+    device = torch.device(device)
+    use_amp = _check_amp(amp, device)
+    views = sorted({checkpoint_view(c) for c in loaded.values()}, key=str)
+    loader = make_loader(
+        paths, views, batch_size=batch_size, num_workers=num_workers, pin_memory=device.type == "cuda"
+    )
+    log.info(
+        "inference: %d images, %d model(s), %d input view(s) %s, batch %d, %d decoding worker(s), "
+        "%s%s%s",
+        len(paths), len(loaded), len(views), [v[1] for v in views], batch_size,
+        loader.num_workers, device, ", bf16" if use_amp else "", ", flip TTA" if tta else "",
+    )  # fmt: skip
+    out = {task: np.empty((len(paths), NUM_CLASSES[task]), np.float32) for task in loaded}
+    row = 0
+    for batch in _progress(loader, len(paths), batch_size):
+        if isinstance(batch, str):
+            raise DataLayoutError(batch)
+        on_device = [v.to(device, non_blocking=True) for v in batch]
+        normalised: dict[Any, torch.Tensor] = {}
+        for task, checkpoint in loaded.items():
+            view = views.index(checkpoint_view(checkpoint))
+            key = (view, tuple(checkpoint.mean), tuple(checkpoint.std))
+            if key not in normalised:
+                normalised[key] = prepare_batch(on_device[view], checkpoint.mean, checkpoint.std, tta)
+            probs = forward_probs(checkpoint.model, normalised[key], tta=tta, amp=use_amp)
+            out[task][row : row + len(probs)] = probs.cpu().numpy()
+        row += batch[0].shape[0]
+    if row != len(paths):  # a DataLoader that dropped rows would misalign the submission
+        raise RuntimeError(f"inference produced {row} rows for {len(paths)} images")
+    return out
+
+
+def prepare_batch(
+    batch_uint8: torch.Tensor, mean: Sequence[float], std: Sequence[float], tta: bool
+) -> torch.Tensor:
+    """uint8 (N,H,W,3) -> normalised float NCHW (channels-last); with TTA, the N horizontal
+    flips appended, so one forward pass sees both."""
+    from maskpipe.data.transforms import normalize_to_tensor
+
+    x = normalize_to_tensor(batch_uint8, mean, std, channels_last=True)
+    if tta:
+        x = torch.cat([x, x.flip(3)]).contiguous(memory_format=torch.channels_last)
+    return x
+
+
+@torch.inference_mode()
+def forward_probs(model: torch.nn.Module, x: torch.Tensor, *, tta: bool, amp: bool) -> torch.Tensor:
+    """Softmax probabilities (float32) of a prepared batch; with TTA the batch holds the
+    originals then their flips, and each image gets the mean of its two probabilities."""
+    with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16, enabled=amp):
+        logits = model(x)
+    probs = logits.float().softmax(dim=1)
+    if tta:
+        half = probs.shape[0] // 2
+        probs = (probs[:half] + probs[half:]) / 2
+    return probs
+
+
+def _check_amp(amp: bool | None, device: torch.device) -> bool:
+    if amp is None:
+        return device.type == "cuda"
+    if amp and device.type != "cuda":
+        raise MaskpipeError(f"bf16 autocast was requested on {device}; it is only used on CUDA")
+    return amp
+
+
+def _progress(loader: torch.utils.data.DataLoader, images: int, batch_size: int):
+    from tqdm.auto import tqdm
+
+    # disable=None: a bar on a terminal, silence in logs and tests.
+    return tqdm(loader, total=math.ceil(images / batch_size), desc="infer", unit="batch", disable=None)
+
+
+# ---------------------------------------------------------------------------------------------
+# combining and writing
+
+
+def combine_classes(mask: Any, gender: Any, age: Any) -> np.ndarray:
+    """Vectorised :func:`maskpipe.labels.encode_class`: ``mask * 6 + gender * 3 + age``."""
+    arrays = [np.asarray(v, dtype=np.int64) for v in (mask, gender, age)]
+    for task, values in zip(TASKS, arrays):
+        if values.size and (values.min() < 0 or values.max() >= NUM_CLASSES[task]):
+            raise ValueError(f"{task} labels must be in 0..{NUM_CLASSES[task] - 1}")
+    if not arrays[0].shape == arrays[1].shape == arrays[2].shape:
+        raise ValueError(f"label arrays differ in shape: {[a.shape for a in arrays]}")
+    mask_l, gender_l, age_l = arrays
+    return mask_l * 6 + gender_l * 3 + age_l
+
+
+def probs_frame(image_ids: Sequence[str], probs: Mapping[str, np.ndarray]) -> pd.DataFrame:
+    """``image_id, mask_p0..2, gender_p0..1, age_p0..2`` (one row per image)."""
+    columns: dict[str, Any] = {"image_id": list(image_ids)}
+    for task in TASKS:
+        for c in range(NUM_CLASSES[task]):
+            columns[f"{task}_p{c}"] = probs[task][:, c].astype(np.float32)
+    return pd.DataFrame(columns)
+
+
+def write_probs(path: Path, image_ids: Sequence[str], probs: Mapping[str, np.ndarray]) -> None:
+    frame = probs_frame(image_ids, probs)
+    with atomic_path(path) as tmp:
+        frame.to_parquet(tmp, index=False)
