@@ -226,7 +226,8 @@ def _eval_frame(
         return data.reset_index(drop=True), str(data_root)
     from maskpipe.data.index import index_eval
 
-    frame = index_eval(str(data), cache_dir)
+    # Inference decodes every image and names a bad one, so skip the indexer's decode check.
+    frame = index_eval(str(data), cache_dir, check_images=False)
     return frame, str(frame.attrs.get("data_root", data))
 
 

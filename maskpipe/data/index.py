@@ -149,9 +149,17 @@ def build_index(
     )
 
 
-def index_eval(data_root: str, cache_dir: str | os.PathLike[str] | None = None) -> pd.DataFrame:
+def index_eval(
+    data_root: str,
+    cache_dir: str | os.PathLike[str] | None = None,
+    *,
+    check_images: bool = True,
+) -> pd.DataFrame:
     """Index only ``eval/`` of ``data_root`` (for ``maskpipe infer --data``): columns
-    ``image_id``, ``path`` in ``info.csv`` order; ``frame.attrs["data_root"]`` is the root."""
+    ``image_id``, ``path`` in ``info.csv`` order; ``frame.attrs["data_root"]`` is the root.
+
+    ``check_images=False`` skips the decode check, for callers that decode every image anyway
+    and fail on a bad one with its name (inference), so each image is decoded once."""
     root = normalize_root(data_root)
     files = _list_visible(root, _Scan())
     if lay.EVAL_INFO not in set(files):
@@ -160,7 +168,7 @@ def index_eval(data_root: str, cache_dir: str | os.PathLike[str] | None = None) 
             "(column ImageID) and the images in eval/images/"
         )
     layout = lay.Layout("eval_only", None, None, lay.EVAL_INFO)
-    frame = _index_eval(root, layout, set(files), cache_dir, None)
+    frame = _index_eval(root, layout, set(files), cache_dir, None, check_images=check_images)
     frame.attrs["data_root"] = root
     return frame
 
@@ -431,6 +439,8 @@ def _index_eval(
     present: set[str],
     cache_dir: str | os.PathLike[str] | None,
     workers: int | None,
+    *,
+    check_images: bool = True,
 ) -> pd.DataFrame:
     """Rows of eval/info.csv in order; a duplicated, missing or unreadable image is an error."""
     assert layout.eval_info is not None
@@ -451,7 +461,7 @@ def _index_eval(
             f"{where} lists {len(missing)} image(s) not found under {root}/{lay.EVAL_IMAGES}/: "
             f"{_few(missing)}; add the files or remove their rows"
         )
-    reasons = _check_paths(root, paths, cache_dir, workers)
+    reasons = _check_paths(root, paths, cache_dir, workers) if check_images else []
     bad = [f"{p} ({r})" for p, r in zip(paths, reasons) if r is not None]
     if bad:
         raise DataLayoutError(
