@@ -1,0 +1,5 @@
+"""`python -m maskpipe` runs the command line."""
+
+from maskpipe.cli import main
+
+raise SystemExit(main())
