@@ -20,6 +20,9 @@ from maskpipe.errors import MaskpipeError
 from maskpipe.labels import TASKS
 
 PRESETS: tuple[str, ...] = ("default", "original", "smoke")
+AUG_NAMES: tuple[str, ...] = (
+    "flip", "affine", "hue_sat_val", "brightness_contrast", "coarse_dropout", "cutout", "noise",
+)  # fmt: skip
 
 
 class ConfigError(MaskpipeError, ValueError):
@@ -47,6 +50,9 @@ class DataConfig:
     # "original": the competition's albumentations list on float images, decoded every access.
     # "fast": decode-once uint8 cache, the same random augmentations on uint8, normalise last.
     augment: str = "fast"
+    # The random augmentations of the training list, by name (see docs/presets.md); the
+    # original recipe uses all of them.
+    augs: list[str] = field(default_factory=lambda: list(AUG_NAMES))
     # Training-time upper age boundary (official: 60; several teams trained with 58).
     age_old_min: int = 60
     # Hold out the index's `split == "val"` people for model selection.
@@ -222,6 +228,12 @@ def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
             raise bad
         return value
     if hint is float:
+        if isinstance(value, str):
+            # YAML 1.1 reads "1e-3" (no dot) as a string.
+            try:
+                value = float(value)
+            except ValueError:
+                raise bad from None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise bad
         return float(value)
@@ -268,6 +280,8 @@ def validate(config: Config) -> None:
     _choice("train.scheduler", t.scheduler, SCHEDULERS)
     _choice("train.select_by", t.select_by, SELECT_BY)
     _choice("data.augment", d.augment, AUGMENTS)
+    for name in d.augs:
+        _choice("data.augs entry", name, AUG_NAMES)
     _choice("train.device", t.device, DEVICES)
     for task, sampler in t.sampler.items():
         _choice("train.sampler keys", task, TASKS)

@@ -1,0 +1,221 @@
+"""Image transforms: the deterministic crop/resize, normalisation, and the two augmentation paths.
+
+* ``original``: the competition's albumentations list on the decoded photo, crop and resize
+  inside, Normalize in the middle of the list (so CoarseDropout, Cutout and GaussNoise act on
+  the normalised float image, as they did there).
+* ``fast``: the crop/resize is done once (:mod:`maskpipe.data.cache`); per epoch only the random
+  augmentations run, on uint8, with the same probabilities; normalisation happens last, batched
+  on tensors (:func:`normalize_to_tensor`).
+
+docs/presets.md maps every albumentations 1.x transform of the original to its 2.x form.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Collection, Sequence
+
+import cv2
+import numpy as np
+import torch
+
+# The original recipe worked on 512x384 (h, w) photos; pixel sizes below are relative to it so
+# they scale with a smaller input size.
+REFERENCE_SIZE = (512, 384)
+# albumentations 1.x CoarseDropout / Cutout defaults: 8 holes of exactly 8x8 pixels, fill 0.
+DROPOUT_HOLES = 8
+DROPOUT_HOLE_PX = 8
+# albumentations 1.x ShiftScaleRotate defaults (the original used them with p=0.3).
+SHIFT_LIMIT = 0.0625
+SCALE_LIMIT = 0.1
+ROTATE_LIMIT = 45
+# GaussNoise: albumentations 2.x default std range, as a fraction of the image's max value.
+NOISE_STD_RANGE = (0.2, 0.44)
+AUG_P = 0.3
+AUG_NAMES = (
+    "flip", "affine", "hue_sat_val", "brightness_contrast", "coarse_dropout", "cutout", "noise",
+)  # fmt: skip
+# The original listed Cutout without a probability we can recover; the neighbours use 0.3.
+CUTOUT_P = 0.3
+
+
+def crop_resize(
+    image: np.ndarray, crop_size: Sequence[int] | None, input_size: Sequence[int]
+) -> np.ndarray:
+    """Center-crop ``crop_size`` (h, w), then resize to ``input_size`` (h, w); uint8 HxWx3.
+
+    A photo smaller than the crop in a dimension keeps its full extent there (the crop never
+    pads). Shrinking uses INTER_AREA (no aliasing), enlarging INTER_LINEAR.
+    """
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"expected an HxWx3 image, got shape {image.shape}")
+    image = center_crop(image, crop_size)
+    out_h, out_w = int(input_size[0]), int(input_size[1])
+    h, w = image.shape[:2]
+    if (h, w) != (out_h, out_w):
+        shrinking = out_h * out_w < h * w
+        interpolation = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
+        image = cv2.resize(image, (out_w, out_h), interpolation=interpolation)
+    return np.ascontiguousarray(image, dtype=np.uint8)
+
+
+def center_crop(image: np.ndarray, crop_size: Sequence[int] | None) -> np.ndarray:
+    if crop_size is None:
+        return image
+    h, w = image.shape[:2]
+    ch, cw = min(int(crop_size[0]), h), min(int(crop_size[1]), w)
+    top, left = (h - ch) // 2, (w - cw) // 2
+    return image[top : top + ch, left : left + cw]
+
+
+def normalize_to_tensor(
+    batch_uint8: torch.Tensor | np.ndarray,
+    mean: Sequence[float],
+    std: Sequence[float],
+    *,
+    channels_last: bool = False,
+) -> torch.Tensor:
+    """uint8 (N,H,W,3) -> float32 (N,3,H,W), or (H,W,3) -> (3,H,W): ``(x/255 - mean) / std``.
+
+    Works on whatever device the tensor is on, so a batch can be normalised on the GPU after a
+    cheap uint8 transfer. ``channels_last`` keeps the NHWC memory layout (a free permute).
+    """
+    x = torch.as_tensor(batch_uint8)
+    if x.dtype != torch.uint8 or x.shape[-1] != 3 or x.ndim not in (3, 4):
+        raise ValueError(f"expected uint8 (N,H,W,3) or (H,W,3), got {x.dtype} {tuple(x.shape)}")
+    mean_t = torch.tensor(mean, dtype=torch.float32, device=x.device) * 255.0
+    scale_t = 1.0 / (torch.tensor(std, dtype=torch.float32, device=x.device) * 255.0)
+    x = (x.float() - mean_t) * scale_t
+    x = x.permute(2, 0, 1) if x.ndim == 3 else x.permute(0, 3, 1, 2)
+    if channels_last and x.ndim == 4:
+        return x.contiguous(memory_format=torch.channels_last)
+    return x.contiguous()
+
+
+# ---------------------------------------------------------------------------------------------
+# augmentation pipelines
+
+
+def _affine(p: float):
+    import albumentations as A
+
+    # ShiftScaleRotate is deprecated in albumentations 2.x ("a special case of Affine"); this is
+    # its 1.x default behaviour, including the 1.x default border (reflect_101, not black).
+    return A.Affine(
+        translate_percent={"x": (-SHIFT_LIMIT, SHIFT_LIMIT), "y": (-SHIFT_LIMIT, SHIFT_LIMIT)},
+        scale=(1 - SCALE_LIMIT, 1 + SCALE_LIMIT),
+        rotate=(-ROTATE_LIMIT, ROTATE_LIMIT),
+        interpolation=cv2.INTER_LINEAR,
+        border_mode=cv2.BORDER_REFLECT_101,
+        p=p,
+    )
+
+
+def _dropout(input_size: Sequence[int], fill, p: float):
+    import albumentations as A
+
+    # Fractions of the image: 8x8 px at the original 512x384, proportionally smaller below it.
+    hole_h = DROPOUT_HOLE_PX / REFERENCE_SIZE[0]
+    hole_w = DROPOUT_HOLE_PX / REFERENCE_SIZE[1]
+    return A.CoarseDropout(
+        num_holes_range=(DROPOUT_HOLES, DROPOUT_HOLES),
+        hole_height_range=(hole_h, hole_h),
+        hole_width_range=(hole_w, hole_w),
+        fill=fill,
+        p=p,
+    )
+
+
+def _color_augs(augs: Collection[str]) -> list:
+    import albumentations as A
+
+    chosen = {
+        "flip": lambda: A.HorizontalFlip(p=0.5),
+        "affine": lambda: _affine(AUG_P),
+        "hue_sat_val": lambda: A.HueSaturationValue(
+            hue_shift_limit=0.2, sat_shift_limit=0.2, val_shift_limit=0.2, p=AUG_P
+        ),
+        "brightness_contrast": lambda: A.RandomBrightnessContrast(
+            brightness_limit=0.1, contrast_limit=0.1, p=AUG_P
+        ),
+    }
+    return [make() for name, make in chosen.items() if name in augs]
+
+
+def _late_augs(augs: Collection[str], input_size: Sequence[int], fill, noise_std) -> list:
+    import albumentations as A
+
+    chosen = {
+        "coarse_dropout": lambda: _dropout(input_size, fill=fill, p=AUG_P),
+        "cutout": lambda: _dropout(input_size, fill=fill, p=CUTOUT_P),
+        "noise": lambda: A.GaussNoise(std_range=noise_std, p=AUG_P),
+    }
+    return [make() for name, make in chosen.items() if name in augs]
+
+
+def original_train_transform(
+    crop_size: Sequence[int] | None,
+    input_size: Sequence[int],
+    mean: Sequence[float],
+    std: Sequence[float],
+    augs: Collection[str] = AUG_NAMES,
+):
+    """The competition's training list on the full decoded photo -> float HWC image."""
+    import albumentations as A
+
+    return A.Compose(
+        [
+            A.Lambda(image=partial(_crop_resize_aug, crop_size=crop_size, input_size=input_size), p=1.0),
+            *_color_augs(augs),
+            A.Normalize(mean=tuple(mean), std=tuple(std), max_pixel_value=255.0),
+            # After Normalize, fill 0 is the mean colour; GaussNoise on the float image clips it
+            # to [0, 1] as albumentations 1.x did (kept: it is what the original trained on).
+            *_late_augs(augs, input_size, 0, NOISE_STD_RANGE),
+        ]
+    )
+
+
+def fast_train_transform(
+    input_size: Sequence[int],
+    mean: Sequence[float],
+    std: Sequence[float],
+    augs: Collection[str] = AUG_NAMES,
+):
+    """The random part of the original list on a cached uint8 crop -> uint8 HxWx3.
+
+    Same transforms and probabilities; dropout fills with the mean colour (what fill 0 meant
+    after Normalize) and the noise std is scaled so it matches the original's in normalised
+    units, without the [0, 1] clipping of the normalised image.
+    """
+    import albumentations as A
+
+    mean_fill = tuple(float(round(m * 255)) for m in mean)
+    avg_std = float(np.mean(std))
+    noise_std = (NOISE_STD_RANGE[0] * avg_std, NOISE_STD_RANGE[1] * avg_std)
+    return A.Compose([*_color_augs(augs), *_late_augs(augs, input_size, mean_fill, noise_std)])
+
+
+def original_eval_transform(
+    crop_size: Sequence[int] | None,
+    input_size: Sequence[int],
+    mean: Sequence[float],
+    std: Sequence[float],
+):
+    """Deterministic crop/resize + Normalize -> float HWC (the original's validation list)."""
+    import albumentations as A
+
+    return A.Compose(
+        [
+            A.Lambda(image=partial(_crop_resize_aug, crop_size=crop_size, input_size=input_size), p=1.0),
+            A.Normalize(mean=tuple(mean), std=tuple(std), max_pixel_value=255.0),
+        ]
+    )
+
+
+def _crop_resize_aug(image: np.ndarray, crop_size, input_size, **_params) -> np.ndarray:
+    # A module-level function (not a lambda) so the pipeline pickles into DataLoader workers.
+    return crop_resize(image, crop_size, input_size)
+
+
+def hwc_float_to_chw(image: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32))

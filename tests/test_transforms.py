@@ -1,0 +1,108 @@
+"""crop_resize, normalize_to_tensor and the two augmentation pipelines."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from maskpipe.data import transforms as T
+
+MEAN, STD = [0.548, 0.504, 0.479], [0.237, 0.247, 0.246]
+
+
+def _gradient_image(h: int, w: int) -> np.ndarray:
+    y, x = np.mgrid[0:h, 0:w]
+    return np.stack([y * 255 // max(1, h - 1), x * 255 // max(1, w - 1), (x + y) % 256], -1).astype(np.uint8)
+
+
+def test_crop_resize_takes_the_center_then_resizes():
+    image = np.zeros((512, 384, 3), np.uint8)
+    image[32:480, 24:360] = 200  # exactly the 448x336 center
+    out = T.crop_resize(image, [448, 336], [96, 72])
+    assert out.shape == (96, 72, 3) and out.dtype == np.uint8
+    assert (out == 200).all()
+
+
+def test_crop_resize_keeps_full_extent_when_image_is_smaller_than_crop():
+    image = _gradient_image(128, 96)
+    out = T.crop_resize(image, [448, 336], [128, 96])
+    assert np.array_equal(out, image)
+
+
+def test_crop_resize_crops_only_the_dimension_that_is_large_enough():
+    image = _gradient_image(600, 300)
+    out = T.crop_resize(image, [448, 336], [448, 300])
+    assert np.array_equal(out, image[76:524, :])
+
+
+def test_crop_resize_enlarges_with_linear_and_shrinks_with_area():
+    image = _gradient_image(64, 48)
+    up = T.crop_resize(image, None, [128, 96])
+    down = T.crop_resize(image, None, [32, 24])
+    assert up.shape == (128, 96, 3) and down.shape == (32, 24, 3)
+    # INTER_AREA of a 2x shrink is the mean of each 2x2 block.
+    block = image[:2, :2].astype(float).mean(axis=(0, 1))
+    assert np.allclose(down[0, 0], block, atol=1)
+
+
+def test_crop_resize_rejects_non_rgb():
+    with pytest.raises(ValueError, match="HxWx3"):
+        T.crop_resize(np.zeros((10, 10), np.uint8), None, [16, 16])
+
+
+def test_normalize_to_tensor_matches_the_formula_for_batches_and_single_images():
+    batch = torch.from_numpy(np.stack([_gradient_image(8, 6), _gradient_image(8, 6)[::-1].copy()]))
+    out = T.normalize_to_tensor(batch, MEAN, STD)
+    assert out.shape == (2, 3, 8, 6) and out.dtype == torch.float32
+    expected = (batch[1, 3, 2].float() / 255 - torch.tensor(MEAN)) / torch.tensor(STD)
+    assert torch.allclose(out[1, :, 3, 2], expected, atol=1e-5)
+    single = T.normalize_to_tensor(batch[0], MEAN, STD)
+    assert single.shape == (3, 8, 6) and torch.allclose(single, out[0])
+    assert T.normalize_to_tensor(batch, MEAN, STD, channels_last=True).is_contiguous(
+        memory_format=torch.channels_last
+    )
+
+
+def test_normalize_to_tensor_rejects_float_input():
+    with pytest.raises(ValueError, match="uint8"):
+        T.normalize_to_tensor(torch.zeros(2, 8, 6, 3), MEAN, STD)
+
+
+def test_original_eval_transform_equals_crop_resize_then_normalize():
+    image = _gradient_image(512, 384)
+    via_albu = T.original_eval_transform([448, 336], [96, 72], MEAN, STD)(image=image)["image"]
+    ours = T.normalize_to_tensor(torch.from_numpy(T.crop_resize(image, [448, 336], [96, 72])), MEAN, STD)
+    assert np.allclose(via_albu.transpose(2, 0, 1), ours.numpy(), atol=1e-4)
+
+
+def test_original_train_transform_outputs_normalised_float_at_input_size_and_pickles():
+    transform = T.original_train_transform([448, 336], [96, 72], MEAN, STD)
+    transform = pickle.loads(pickle.dumps(transform))  # DataLoader workers may receive it pickled
+    out = transform(image=_gradient_image(512, 384))["image"]
+    assert out.shape == (96, 72, 3) and out.dtype == np.float32
+
+
+def test_fast_train_transform_keeps_uint8_and_size_and_is_seedable():
+    image = _gradient_image(96, 72)
+    first = T.fast_train_transform([96, 72], MEAN, STD)
+    second = T.fast_train_transform([96, 72], MEAN, STD)
+    first.set_random_seed(7)
+    second.set_random_seed(7)
+    outs_a = [first(image=image)["image"] for _ in range(10)]
+    outs_b = [second(image=image)["image"] for _ in range(10)]
+    assert all(o.shape == (96, 72, 3) and o.dtype == np.uint8 for o in outs_a)
+    assert all(np.array_equal(a, b) for a, b in zip(outs_a, outs_b))
+    assert any(not np.array_equal(a, image) for a in outs_a)
+
+
+def test_augmentation_list_follows_the_names_given():
+    names = [type(t).__name__ for t in T.fast_train_transform([96, 72], MEAN, STD, ["flip", "noise"])]
+    assert names == ["HorizontalFlip", "GaussNoise"]
+    full = [type(t).__name__ for t in T.original_train_transform([448, 336], [512, 384], MEAN, STD)]
+    assert full == [
+        "Lambda", "HorizontalFlip", "Affine", "HueSaturationValue", "RandomBrightnessContrast",
+        "Normalize", "CoarseDropout", "CoarseDropout", "GaussNoise",
+    ]  # fmt: skip
