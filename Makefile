@@ -16,8 +16,12 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed
 
+# The whole pipeline through kfp.local on a small synthetic set (smoke preset, CPU): prints the
+# scores against the synthetic truth and the path of submission.csv. Data are made once.
 demo: venv
-	$(PY) -m maskpipe.demo --out $(DEMO_DIR)
+	test -f $(DEMO_DIR)/data/eval_truth.csv || \
+		$(VENV)/bin/maskpipe synth $(DEMO_DIR)/data --people $(or $(DEMO_PEOPLE),40) --eval-people 12
+	$(PY) pipeline.py run-local --data $(DEMO_DIR)/data --preset smoke --output-dir $(DEMO_DIR)
 
 test: venv
 	$(PY) -m pytest $(PYTEST_ARGS)

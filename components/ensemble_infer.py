@@ -1,0 +1,110 @@
+"""Pipeline step ``ensemble-infer``: three task models -> submission.csv and validation scores."""
+
+from typing import List
+
+from kfp import dsl
+from kfp.dsl import ClassificationMetrics, Dataset, Input, Markdown, Metrics, Model, Output
+
+from components.image import IMAGE
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def ensemble_infer(
+    index: Input[Dataset],
+    mask_model: Input[Model],
+    gender_model: Input[Model],
+    age_model: Input[Model],
+    submission: Output[Dataset],
+    metrics: Output[Metrics],
+    confusion_matrix: Output[ClassificationMetrics],
+    report: Output[Markdown],
+    preset: str = "default",
+    overrides: List[str] = [],
+    tta: bool = False,
+):
+    """Combine the mask, gender and age models into the 18-class submission.
+
+    Wraps ``maskpipe.ensemble.predict_submission`` for the eval images and
+    ``predict_classes`` + ``maskpipe.metrics.classification_metrics`` for the validation people
+    (the index's ``split == "val"`` rows), whose labels are known.
+
+    Args:
+        index: Folder written by ``index-data`` (``index.parquet``, ``index.eval.parquet``).
+        mask_model: Checkpoint folder of the mask model.
+        gender_model: Checkpoint folder of the gender model.
+        age_model: Checkpoint folder of the age model.
+        submission: ``submission.csv`` (``ImageID,ans``, one row per ``info.csv`` row).
+        metrics: 18-class accuracy and macro-F1 on the validation people.
+        confusion_matrix: 18-class confusion matrix on the validation people.
+        report: Markdown summary: predicted class counts and validation scores.
+        preset: Config preset whose ``infer`` section gives batch size and workers.
+        overrides: Extra ``key=value`` config overrides (``infer.*`` keys apply here).
+        tta: Average the predictions of each image and its horizontal flip.
+    """
+    from pathlib import Path
+
+    from maskpipe.atomic import write_text
+    from maskpipe.config import load_config
+    from maskpipe.data.index import eval_index_path, read_eval_index, read_index
+    from maskpipe.ensemble import predict_classes, predict_submission
+    from maskpipe.errors import DataLayoutError
+    from maskpipe.labels import CLASS_NAMES, NUM_COMBINED_CLASSES
+    from maskpipe.metrics import classification_metrics
+
+    infer = load_config(preset, list(overrides)).infer
+    checkpoints = {
+        "mask": Path(mask_model.path),
+        "gender": Path(gender_model.path),
+        "age": Path(age_model.path),
+    }
+    index_path = Path(index.path) / "index.parquet"
+    options = {"tta": tta, "batch_size": infer.batch_size, "num_workers": infer.num_workers}
+
+    if not eval_index_path(index_path).exists():
+        raise DataLayoutError(
+            f"{eval_index_path(index_path)} does not exist: the data root has no eval/ folder "
+            "(eval/info.csv and eval/images/), so there is nothing to predict; add it and rerun"
+        )
+    eval_frame, data_root = read_eval_index(eval_index_path(index_path))
+    result = predict_submission(
+        checkpoints, eval_frame, submission.path, data_root=data_root, **options
+    )
+    print(result.summary())
+    predicted = result.submission["ans"].value_counts()
+    submission.metadata.update(
+        {"format": "csv", "filename": "submission.csv", "rows": len(result.submission), "tta": tta}
+    )
+
+    frame, data_root = read_index(index_path)
+    val = frame[frame["split"] == "val"]
+    scores = None
+    if len(val):
+        y_pred = predict_classes(checkpoints, val, data_root, **options)
+        scores = classification_metrics(
+            val["class"].to_numpy(), y_pred, NUM_COMBINED_CLASSES, list(CLASS_NAMES)
+        )
+        metrics.log_metric("val_accuracy", float(scores["accuracy"]))
+        metrics.log_metric("val_macro_f1", float(scores["macro_f1"]))
+        metrics.log_metric("val_images", float(len(val)))
+        confusion_matrix.log_confusion_matrix(
+            list(CLASS_NAMES), [[int(v) for v in row] for row in scores["confusion_matrix"]]
+        )
+
+    lines = [
+        "# Ensemble inference",
+        "",
+        f"- submission rows: **{len(result.submission)}** (TTA: {'on' if tta else 'off'})",
+    ]
+    if scores is None:
+        lines.append("- validation: no `split == val` people in the index (val_fraction 0)")
+    else:
+        lines += [
+            f"- validation people: {val['profile'].nunique()} ({len(val)} images)",
+            f"- validation 18-class accuracy: **{scores['accuracy']:.4f}**",
+            f"- validation 18-class macro-F1: **{scores['macro_f1']:.4f}**",
+        ]
+    lines += ["", "| class | name | predicted (eval) | val F1 |", "|---:|---|---:|---:|"]
+    for cls, name in enumerate(CLASS_NAMES):
+        f1 = "" if scores is None else f"{scores['per_class_f1'][cls]:.3f}"
+        lines.append(f"| {cls} | {name} | {int(predicted.get(cls, 0))} | {f1} |")
+    write_text(report.path, "\n".join(lines) + "\n")

@@ -1,0 +1,265 @@
+"""The compiled pipeline spec: DAG, cluster settings, and no secret values in the YAML.
+
+These read the YAML that ``python pipeline.py compile`` writes (two documents: the pipeline
+spec, then the Kubernetes platform spec), not the Python objects that produced it.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+import pipeline
+from components import IMAGE
+
+REPO = Path(__file__).resolve().parent.parent
+TRAIN_STEPS = ("train-mask", "train-gender", "train-age")
+FAKE_SECRETS = {
+    "MINIO_ACCESS_KEY": "FAKEACCESSKEY-spec-7f3a9c",
+    "MINIO_SECRET_KEY": "fakeSecretKey/spec+91b2e4",
+    "AWS_ACCESS_KEY_ID": "FAKEAWSKEY-spec-55d0",
+    "AWS_SECRET_ACCESS_KEY": "fakeAwsSecret/spec+6c1f",
+    "KF_PIPELINES_TOKEN": "fake-bearer-token-spec-0a8d",
+}
+
+
+def compile_yaml(tmp_path: Path, *extra: str, env: dict[str, str] | None = None) -> str:
+    """Compile through the CLI in a fresh process (as a user would) and return the YAML."""
+    out = tmp_path / "pipeline.yaml"
+    subprocess.run(
+        [sys.executable, str(REPO / "pipeline.py"), "compile", "-o", str(out), *extra],
+        check=True,
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    return out.read_text()
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory) -> tuple[str, dict, dict]:
+    """(raw YAML, pipeline spec, Kubernetes platform spec) compiled with fake credentials set."""
+    import os
+
+    tmp = tmp_path_factory.mktemp("spec")
+    env = {**os.environ, **FAKE_SECRETS}
+    text = compile_yaml(
+        tmp,
+        "--gpu-node-selector", "nvidia.com/gpu.present=true",
+        "--gpu-toleration", "nvidia.com/gpu:NoSchedule",
+        "--secret-name", "maskpipe-minio",
+        env=env,
+    )  # fmt: skip
+    spec, platform = list(yaml.safe_load_all(text))
+    return text, spec, platform
+
+
+def tasks_by_display_name(spec: dict) -> dict[str, dict]:
+    return {task["taskInfo"]["name"]: task for task in spec["root"]["dag"]["tasks"].values()}
+
+
+def key_of(spec: dict, display_name: str) -> str:
+    for key, task in spec["root"]["dag"]["tasks"].items():
+        if task["taskInfo"]["name"] == display_name:
+            return key
+    raise KeyError(display_name)
+
+
+def executor_of(spec: dict, display_name: str) -> str:
+    task = tasks_by_display_name(spec)[display_name]
+    component = spec["components"][task["componentRef"]["name"]]
+    return component["executorLabel"]
+
+
+def k8s_of(spec: dict, platform: dict, display_name: str) -> dict:
+    executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    return executors.get(executor_of(spec, display_name), {})
+
+
+def container_of(spec: dict, display_name: str) -> dict:
+    return spec["deploymentSpec"]["executors"][executor_of(spec, display_name)]["container"]
+
+
+def test_pipeline_has_the_five_named_steps(compiled):
+    _, spec, _ = compiled
+    assert sorted(tasks_by_display_name(spec)) == sorted(
+        ["index-data", *TRAIN_STEPS, "ensemble-infer"]
+    )
+
+
+def test_training_steps_depend_only_on_indexing(compiled):
+    _, spec, _ = compiled
+    tasks = tasks_by_display_name(spec)
+    index_key = key_of(spec, "index-data")
+    assert "dependentTasks" not in tasks["index-data"]
+    for name in TRAIN_STEPS:
+        assert tasks[name]["dependentTasks"] == [index_key], name
+
+
+def test_inference_depends_on_indexing_and_all_three_trainings(compiled):
+    _, spec, _ = compiled
+    deps = tasks_by_display_name(spec)["ensemble-infer"]["dependentTasks"]
+    expected = {key_of(spec, name) for name in ("index-data", *TRAIN_STEPS)}
+    assert set(deps) == expected
+    artifacts = tasks_by_display_name(spec)["ensemble-infer"]["inputs"]["artifacts"]
+    for task in ("mask", "gender", "age"):
+        source = artifacts[f"{task}_model"]["taskOutputArtifact"]
+        assert source == {"outputArtifactKey": "model", "producerTask": key_of(spec, f"train-{task}")}
+
+
+def test_each_training_step_trains_its_own_task(compiled):
+    _, spec, _ = compiled
+    tasks = tasks_by_display_name(spec)
+    for task in ("mask", "gender", "age"):
+        params = tasks[f"train-{task}"]["inputs"]["parameters"]
+        assert params["task"]["runtimeValue"]["constant"] == task
+        # the resume mirror is keyed by the run id the backend fills in at run time
+        assert params["run_id"]["runtimeValue"]["constant"] == "{{$.pipeline_job_uuid}}"
+        assert params["resume_bucket"] == {"componentInputParameter": "resume_bucket"}
+
+
+def test_training_and_inference_request_one_gpu_but_indexing_none(compiled):
+    _, spec, _ = compiled
+    for name in (*TRAIN_STEPS, "ensemble-infer"):
+        accelerator = container_of(spec, name)["resources"]["accelerator"]
+        assert accelerator["resourceType"] == "nvidia.com/gpu", name
+        assert int(accelerator["resourceCount"]) == 1, name
+    assert "accelerator" not in container_of(spec, "index-data").get("resources", {})
+
+
+def test_index_gpu_flag_gives_indexing_a_gpu(tmp_path):
+    spec = next(yaml.safe_load_all(compile_yaml(tmp_path, "--index-gpu")))
+    assert container_of(spec, "index-data")["resources"]["accelerator"]["resourceCount"] == "1"
+
+
+def test_every_step_has_cpu_and_memory_requests_and_limits(compiled):
+    _, spec, _ = compiled
+    for name in ("index-data", *TRAIN_STEPS, "ensemble-infer"):
+        resources = container_of(spec, name)["resources"]
+        for field in ("resourceCpuRequest", "resourceCpuLimit", "resourceMemoryRequest", "resourceMemoryLimit"):
+            assert resources.get(field), (name, field)
+
+
+def test_gpu_steps_mount_memory_backed_dev_shm(compiled):
+    _, spec, platform = compiled
+    for name in (*TRAIN_STEPS, "ensemble-infer"):
+        mounts = k8s_of(spec, platform, name)["emptyDirMounts"]
+        assert [m["mountPath"] for m in mounts] == ["/dev/shm"], name
+        assert mounts[0]["medium"] == "Memory"
+
+
+def test_every_step_gets_minio_keys_from_the_secret(compiled):
+    _, spec, platform = compiled
+    for name in ("index-data", *TRAIN_STEPS, "ensemble-infer"):
+        (secret,) = k8s_of(spec, platform, name)["secretAsEnv"]
+        assert secret["secretNameParameter"]["runtimeValue"]["constant"] == "maskpipe-minio"
+        env = {m["envVar"]: m["secretKey"] for m in secret["keyToEnv"]}
+        assert env == {"MINIO_ACCESS_KEY": "accesskey", "MINIO_SECRET_KEY": "secretkey"}
+        plain_env = {e["name"]: e["value"] for e in container_of(spec, name)["env"]}
+        assert plain_env["MINIO_ENDPOINT"] == pipeline.DEFAULT_MINIO_ENDPOINT
+        assert "MINIO_ACCESS_KEY" not in plain_env and "MINIO_SECRET_KEY" not in plain_env
+
+
+def test_endpoint_can_come_from_the_secret(tmp_path):
+    text = compile_yaml(tmp_path, "--endpoint-secret-key", "endpoint")
+    spec, platform = list(yaml.safe_load_all(text))
+    (secret,) = k8s_of(spec, platform, "train-age")["secretAsEnv"]
+    assert {m["envVar"] for m in secret["keyToEnv"]} == {
+        "MINIO_ACCESS_KEY", "MINIO_SECRET_KEY", "MINIO_ENDPOINT",
+    }  # fmt: skip
+    assert "MINIO_ENDPOINT" not in {e["name"] for e in container_of(spec, "train-age")["env"]}
+
+
+def test_gpu_steps_get_node_selector_and_toleration_when_asked(compiled):
+    _, spec, platform = compiled
+    for name in (*TRAIN_STEPS, "ensemble-infer"):
+        k8s = k8s_of(spec, platform, name)
+        assert k8s["nodeSelector"]["labels"] == {"nvidia.com/gpu.present": "true"}
+        assert k8s["tolerations"] == [
+            {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+        ]
+    assert "nodeSelector" not in k8s_of(spec, platform, "index-data")
+
+
+def test_no_node_selector_or_toleration_by_default(tmp_path):
+    spec, platform = list(yaml.safe_load_all(compile_yaml(tmp_path)))
+    k8s = k8s_of(spec, platform, "train-mask")
+    assert "nodeSelector" not in k8s and "tolerations" not in k8s
+
+
+def test_training_steps_retry_and_do_not_cache(compiled):
+    _, spec, _ = compiled
+    tasks = tasks_by_display_name(spec)
+    for name in TRAIN_STEPS:
+        assert tasks[name]["retryPolicy"]["maxRetryCount"] == 2, name
+        assert tasks[name]["cachingOptions"].get("enableCache", False) is False, name
+    assert "retryPolicy" not in tasks["index-data"]
+    assert tasks["index-data"]["cachingOptions"].get("enableCache", False) is False
+
+
+def test_cache_training_flag_enables_training_cache(tmp_path):
+    spec = next(yaml.safe_load_all(compile_yaml(tmp_path, "--cache-training", "--retries", "0")))
+    tasks = tasks_by_display_name(spec)
+    for name in TRAIN_STEPS:
+        assert tasks[name]["cachingOptions"] == {"enableCache": True}
+        assert "retryPolicy" not in tasks[name]
+
+
+def test_steps_run_in_the_project_image_without_pip_installs(compiled):
+    text, spec, _ = compiled
+    for name in ("index-data", *TRAIN_STEPS, "ensemble-infer"):
+        container = container_of(spec, name)
+        assert container["image"] == IMAGE
+        assert "pip install" not in " ".join(container["command"]), name
+    assert "pip install" not in text
+
+
+def test_image_flag_replaces_the_image_of_every_step(tmp_path):
+    spec = next(yaml.safe_load_all(compile_yaml(tmp_path, "--image", "registry.local/maskpipe:abc123")))
+    for name in ("index-data", *TRAIN_STEPS, "ensemble-infer"):
+        assert container_of(spec, name)["image"] == "registry.local/maskpipe:abc123"
+
+
+def test_pipeline_parameters_and_defaults(compiled):
+    _, spec, _ = compiled
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    assert set(params) == {
+        "data_root", "preset", "epochs", "batch_size", "learning_rate", "architecture",
+        "image_size", "val_fraction", "seed", "tta", "overrides", "resume_bucket",
+    }  # fmt: skip
+    assert "defaultValue" not in params["data_root"]  # must be given per run
+    assert params["preset"]["defaultValue"] == "default"
+    assert params["overrides"]["parameterType"] == "LIST"
+    assert params["resume_bucket"]["defaultValue"] == ""
+
+
+def test_default_pipeline_root_is_minio(compiled):
+    _, spec, _ = compiled
+    assert spec["defaultPipelineRoot"] == "minio://mlpipeline/v2/artifacts"
+
+
+def test_no_secret_value_anywhere_in_the_yaml(compiled):
+    text, _, _ = compiled
+    for name, value in FAKE_SECRETS.items():
+        assert value not in text, f"{name}'s value leaked into the compiled pipeline"
+
+
+@pytest.mark.parametrize(
+    "flag, value",
+    [("--gpu-toleration", "nvidia.com/gpu:Sometimes"), ("--gpu-node-selector", "no-equals-sign")],
+)
+def test_bad_cluster_flags_are_rejected_with_the_expected_form(tmp_path, flag, value):
+    result = subprocess.run(
+        [sys.executable, str(REPO / "pipeline.py"), "compile", "-o", str(tmp_path / "p.yaml"), flag, value],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2
+    assert flag in result.stderr and value in result.stderr
+    assert not (tmp_path / "p.yaml").exists()

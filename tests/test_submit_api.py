@@ -1,0 +1,267 @@
+"""API-contract test of ``pipeline.py submit`` and ``upload`` (NOT a cluster test).
+
+A small HTTP server on 127.0.0.1 speaks the part of the KFP v2beta1 REST API that kfp.Client
+uses (healthz, list/create experiment, create/get run, list pipelines, upload pipeline and
+version), with paths and payloads taken from kfp_server_api 2.17. It records every request, so
+the tests assert what the real client sent: the compiled spec, the run parameters, the
+pipeline root and the auth header or cookie. It says nothing about how a real backend reacts.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import urllib.parse
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Iterator
+
+import pytest
+
+import pipeline
+
+API = "/apis/v2beta1"
+
+
+@dataclass
+class Request:
+    method: str
+    path: str
+    query: dict[str, list[str]]
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+@dataclass
+class FakeKfp:
+    """State of the fake backend and what it received."""
+
+    url: str = ""
+    requests: list[Request] = field(default_factory=list)
+    experiments: dict[str, dict] = field(default_factory=dict)
+    runs: dict[str, dict] = field(default_factory=dict)
+    pipelines: dict[str, dict] = field(default_factory=dict)
+    run_state: str = "SUCCEEDED"
+
+    def find(self, method: str, path: str) -> list[Request]:
+        return [r for r in self.requests if r.method == method and r.path == path]
+
+    def respond(self, request: Request) -> tuple[int, Any]:
+        route = (request.method, request.path)
+        if route == ("GET", f"{API}/healthz"):
+            return 200, {"multi_user": True, "pipeline_store": "database"}
+        if route == ("GET", f"{API}/experiments"):
+            wanted = _filter_value(request)
+            found = [e for e in self.experiments.values() if e["display_name"] == wanted]
+            return 200, {"experiments": found, "total_size": len(found)}
+        if route == ("POST", f"{API}/experiments"):
+            experiment = {**request.json(), "experiment_id": f"exp-{len(self.experiments) + 1}"}
+            self.experiments[experiment["experiment_id"]] = experiment
+            return 200, experiment
+        if route == ("POST", f"{API}/runs"):
+            run = {**request.json(), "run_id": f"run-{len(self.runs) + 1}", "state": "PENDING"}
+            self.runs[run["run_id"]] = run
+            return 200, run
+        if request.method == "GET" and request.path.startswith(f"{API}/runs/"):
+            run = self.runs.get(request.path.rsplit("/", 1)[1])
+            if run is None:
+                return 404, {"error": "run not found"}
+            return 200, {**run, "state": self.run_state}
+        if route == ("GET", f"{API}/pipelines"):
+            wanted = _filter_value(request)
+            found = [p for p in self.pipelines.values() if p["display_name"] == wanted]
+            return 200, {"pipelines": found, "total_size": len(found)}
+        if route == ("POST", f"{API}/pipelines/upload"):
+            name = request.query["name"][0]
+            found = {"pipeline_id": f"pipe-{len(self.pipelines) + 1}", "display_name": name}
+            self.pipelines[found["pipeline_id"]] = found
+            return 200, found
+        if route == ("POST", f"{API}/pipelines/upload_version"):
+            return 200, {
+                "pipeline_id": request.query["pipelineid"][0],
+                "pipeline_version_id": "version-2",
+                "display_name": request.query["name"][0],
+            }
+        return 404, {"error": f"no route {route}"}
+
+
+def _filter_value(request: Request) -> str | None:
+    raw = request.query.get("filter", [None])[0]
+    if raw is None:
+        return None
+    predicate = json.loads(raw)["predicates"][0]
+    return predicate.get("stringValue", predicate.get("string_value"))
+
+
+@pytest.fixture
+def fake_kfp(tmp_path, monkeypatch) -> Iterator[FakeKfp]:
+    import kfp
+
+    # kfp.Client remembers a namespace in ~/.config/kfp/context.json: keep it out of $HOME.
+    monkeypatch.setattr(kfp.Client, "_LOCAL_KFP_CONTEXT", str(tmp_path / "kfp-context.json"))
+    for name in (pipeline.TOKEN_ENV, pipeline.TOKEN_FILE_ENV, pipeline.COOKIE_ENV,
+                 "KF_PIPELINES_ENDPOINT", "KF_PIPELINES_UI_ENDPOINT"):  # fmt: skip
+        monkeypatch.delenv(name, raising=False)
+    state = FakeKfp()
+
+    class Handler(BaseHTTPRequestHandler):
+        def _handle(self) -> None:
+            parsed = urllib.parse.urlsplit(self.path)
+            length = int(self.headers.get("Content-Length") or 0)
+            request = Request(
+                method=self.command,
+                path=parsed.path,
+                query=urllib.parse.parse_qs(parsed.query),
+                headers={k.lower(): v for k, v in self.headers.items()},
+                body=self.rfile.read(length),
+            )
+            state.requests.append(request)
+            status, payload = state.respond(request)
+            data = json.dumps(payload).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        do_GET = do_POST = _handle
+
+        def log_message(self, *args: Any) -> None:  # keep test output clean
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    state.url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        yield state
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def submit_args(fake: FakeKfp, *extra: str) -> list[str]:
+    return [
+        "submit", "--host", fake.url, "--namespace", "team-vision",
+        "--data", "s3://maskpipe-data/competition", "--preset", "smoke",
+        "--epochs", "3", "--set", "train.optimizer=adamw", "--set", "data.input_size=96,72",
+        "--resume-bucket", "maskpipe-resume", "--experiment", "mask-exp", "--run-name", "nightly",
+        *extra,
+    ]  # fmt: skip
+
+
+def test_submit_sends_spec_parameters_root_and_bearer_token(fake_kfp, capsys):
+    assert pipeline.main(submit_args(fake_kfp, "--token", "tok-123", "--pipeline-root", "minio://team-bucket/runs")) == 0
+
+    (create,) = fake_kfp.find("POST", f"{API}/runs")
+    body = create.json()
+    assert create.headers["authorization"] == "Bearer tok-123"
+    assert body["display_name"] == "nightly"
+    assert body["experiment_id"] == "exp-1"
+    assert body["runtime_config"]["pipeline_root"] == "minio://team-bucket/runs"
+    params = body["runtime_config"]["parameters"]
+    assert params["data_root"] == "s3://maskpipe-data/competition"
+    assert params["preset"] == "smoke"
+    assert params["epochs"] == 3
+    assert params["overrides"] == ["train.optimizer=adamw", "data.input_size=96,72"]
+    assert params["resume_bucket"] == "maskpipe-resume"
+    assert params["tta"] is False  # the smoke preset's infer.tta
+    # the compiled spec travels inline, with the Kubernetes platform spec beside it
+    spec = body["pipeline_spec"]
+    assert spec["pipeline_spec"]["pipelineInfo"]["name"] == "maskpipe"
+    assert {t["taskInfo"]["name"] for t in spec["pipeline_spec"]["root"]["dag"]["tasks"].values()} == {
+        "index-data", "train-mask", "train-gender", "train-age", "ensemble-infer",
+    }  # fmt: skip
+    assert "secretAsEnv" in json.dumps(spec["platform_spec"])
+    out = capsys.readouterr().out
+    assert f"{fake_kfp.url}/#/runs/details/run-1" in out
+    assert "tok-123" not in out
+
+
+def test_submit_creates_the_experiment_in_the_namespace(fake_kfp):
+    pipeline.main(submit_args(fake_kfp, "--token", "t"))
+    (lookup,) = fake_kfp.find("GET", f"{API}/experiments")
+    assert lookup.query["namespace"] == ["team-vision"]
+    (created,) = fake_kfp.find("POST", f"{API}/experiments")
+    assert created.json() == {"display_name": "mask-exp", "namespace": "team-vision"}
+
+
+def test_submit_reuses_an_existing_experiment(fake_kfp):
+    fake_kfp.experiments["exp-9"] = {"experiment_id": "exp-9", "display_name": "mask-exp"}
+    pipeline.main(submit_args(fake_kfp, "--token", "t"))
+    assert not fake_kfp.find("POST", f"{API}/experiments")
+    assert fake_kfp.find("POST", f"{API}/runs")[0].json()["experiment_id"] == "exp-9"
+
+
+def test_token_comes_from_the_environment(fake_kfp, monkeypatch):
+    monkeypatch.setenv(pipeline.TOKEN_ENV, "env-token-456")
+    pipeline.main(submit_args(fake_kfp))
+    assert {r.headers.get("authorization") for r in fake_kfp.requests} == {"Bearer env-token-456"}
+
+
+def test_token_comes_from_a_file(fake_kfp, tmp_path):
+    token_file = tmp_path / "token"
+    token_file.write_text("file-token-789\n")
+    pipeline.main(submit_args(fake_kfp, "--token-file", str(token_file)))
+    assert fake_kfp.find("POST", f"{API}/runs")[0].headers["authorization"] == "Bearer file-token-789"
+
+
+def test_in_cluster_uses_the_service_account_token(fake_kfp, tmp_path):
+    sa_token = tmp_path / "sa-token"
+    sa_token.write_text("projected-sa-token")
+    pipeline.main(submit_args(fake_kfp, "--in-cluster", "--sa-token-path", str(sa_token)))
+    assert fake_kfp.find("POST", f"{API}/runs")[0].headers["authorization"] == "Bearer projected-sa-token"
+
+
+def test_session_cookie_is_sent(fake_kfp):
+    pipeline.main(submit_args(fake_kfp, "--cookie", "authservice_session=abc123"))
+    create = fake_kfp.find("POST", f"{API}/runs")[0]
+    assert create.headers["cookie"] == "authservice_session=abc123"
+    assert "authorization" not in create.headers
+
+
+def test_default_pipeline_root_is_sent_with_the_run(fake_kfp):
+    pipeline.main(submit_args(fake_kfp, "--token", "t"))
+    body = fake_kfp.find("POST", f"{API}/runs")[0].json()
+    assert body["runtime_config"]["pipeline_root"] == "minio://mlpipeline/v2/artifacts"
+
+
+def test_healthz_is_asked_when_no_namespace_is_given(fake_kfp):
+    args = submit_args(fake_kfp, "--token", "t")
+    args[args.index("--namespace") + 1] = "kubeflow"  # kfp.Client's "not given" value
+    assert pipeline.main(args) == 0
+    assert fake_kfp.find("GET", f"{API}/healthz")
+
+
+def test_wait_polls_the_run_and_fails_on_a_failed_run(fake_kfp, capsys):
+    assert pipeline.main(submit_args(fake_kfp, "--token", "t", "--wait")) == 0
+    assert fake_kfp.find("GET", f"{API}/runs/run-1")
+    assert "run finished: SUCCEEDED" in capsys.readouterr().out
+    fake_kfp.run_state = "FAILED"
+    with pytest.raises(SystemExit) as failed:
+        pipeline.main(submit_args(fake_kfp, "--token", "t", "--wait"))
+    assert failed.value.code == 1
+
+
+def test_upload_registers_then_adds_versions(fake_kfp, capsys):
+    base = ["upload", "--host", fake_kfp.url, "--token", "t", "--name", "maskpipe-team"]
+    assert pipeline.main(base) == 0
+    (first,) = fake_kfp.find("POST", f"{API}/pipelines/upload")
+    assert first.query["name"] == ["maskpipe-team"]
+    assert b"pipelineInfo" in first.body  # the compiled YAML is the multipart payload
+    assert first.headers["authorization"] == "Bearer t"
+
+    assert pipeline.main([*base, "--version", "v2"]) == 0
+    (version,) = fake_kfp.find("POST", f"{API}/pipelines/upload_version")
+    assert version.query["pipelineid"] == ["pipe-1"] and version.query["name"] == ["v2"]
+    assert "version id: version-2" in capsys.readouterr().out
+
+
+def test_submit_without_host_says_how_to_get_one(monkeypatch):
+    monkeypatch.delenv("KF_PIPELINES_ENDPOINT", raising=False)
+    with pytest.raises(SystemExit) as exc:
+        pipeline.main(["submit", "--data", "s3://b/p"])
+    assert "--host" in str(exc.value.code) and "port-forward" in str(exc.value.code)
