@@ -1,0 +1,73 @@
+"""Smoke runs of the benchmark scripts: tiny sizes, one iteration, the documented last line.
+
+The benchmarks themselves are run by hand (docs/benchmarks.md); these tests only prove the
+scripts still run against the current code, print ``NAME speedup: R.Rx`` last, and fail
+loudly (non-zero exit, a clear message, no figure) instead of measuring a fallback.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+SMOKE_TIMEOUT_S = 60
+
+
+def run_benchmark(name: str, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(BENCHMARKS / f"{name}.py"), *args],
+        capture_output=True, text=True, timeout=SMOKE_TIMEOUT_S,
+        env={**os.environ, "MASKPIPE_PROGRESS": "0", **(env or {})},
+    )
+
+
+def last_line(text: str) -> str:
+    return text.strip().splitlines()[-1]
+
+
+@pytest.mark.timeout(SMOKE_TIMEOUT_S)
+def test_input_benchmark_prints_speedup_as_last_line(tmp_path):
+    result = run_benchmark(
+        "input", "--quick", "--images", "8", "--batch-size", "4", "--image-size", "96x128",
+        "--work-dir", str(tmp_path),
+    )
+    assert result.returncode == 0, result.stderr
+    assert re.fullmatch(r"input speedup: \d+\.\dx", last_line(result.stdout)), result.stdout
+    assert "images/s" in result.stdout and "cache fill" in result.stdout
+
+
+@pytest.mark.timeout(SMOKE_TIMEOUT_S)
+def test_input_benchmark_fails_when_the_cache_would_fall_back(tmp_path):
+    result = run_benchmark(
+        "input", "--quick", "--images", "7", "--image-size", "32x32", "--cache-gb", "0.000001",
+        "--work-dir", str(tmp_path),
+    )
+    assert result.returncode == 1
+    assert "fell back to disk reads" in result.stderr
+    assert "speedup" not in result.stdout
+
+
+@pytest.mark.timeout(SMOKE_TIMEOUT_S)
+def test_train_benchmark_prints_speedup_as_last_line(tmp_path):
+    # 21 photos at 96x128: one batch a side; one epoch is too short for one-cycle's warm-up.
+    result = run_benchmark(
+        "train", "--quick", "--images", "21", "--epochs", "1", "--image-size", "96x128",
+        "--set", "train.scheduler=cosine", "--work-dir", str(tmp_path),
+    )
+    assert result.returncode == 0, result.stderr
+    assert re.fullmatch(r"train speedup: \d+\.\dx", last_line(result.stdout)), result.stdout
+    assert result.stdout.count("s/epoch") == 2
+
+
+@pytest.mark.timeout(SMOKE_TIMEOUT_S)
+def test_gpu_benchmark_without_cuda_exits_1_with_a_message(tmp_path):
+    result = run_benchmark("gpu", "--quick", "--work-dir", str(tmp_path), env={"CUDA_VISIBLE_DEVICES": ""})
+    assert result.returncode == 1
+    assert "no CUDA device is visible" in result.stderr
+    assert "speedup" not in result.stdout
