@@ -5,6 +5,9 @@ A checkpoint folder (the contract between training and inference) holds
 * ``model.safetensors`` - the weights: tensors only, so loading one never runs code;
 * ``checkpoint.json`` - everything inference needs (task, classes, architecture, preprocessing)
   plus the sha256 of the weights file, written last so its presence marks a complete folder;
+  its rename is the one commit point of a save (the new weights wait beside it as
+  ``model.safetensors.pending`` until then), so a process killed at any moment leaves a folder
+  that loads: the old checkpoint, or the new one;
 * ``config.yaml`` - the whole resolved config the model was trained with.
 
 Resume state (``state/last.pt``) is a ``torch.save`` file read back with
@@ -17,6 +20,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import os
 import pickle
 import zipfile
 from collections import OrderedDict
@@ -32,8 +37,12 @@ from maskpipe.config import Config, ConfigError, load_config_file
 from maskpipe.errors import CheckpointError, MaskpipeError
 from maskpipe.labels import NUM_CLASSES, TASK_CLASS_NAMES, TASKS
 
+log = logging.getLogger(__name__)
+
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
+# New weights wait under this name until checkpoint.json (the commit point) names their sha256.
+PENDING_WEIGHTS_FILE = WEIGHTS_FILE + ".pending"
 META_FILE = "checkpoint.json"
 CONFIG_FILE = "config.yaml"
 
@@ -99,8 +108,10 @@ def save_checkpoint(
 ) -> None:
     """Write ``model.safetensors``, ``config.yaml`` and ``checkpoint.json`` into ``out_dir``.
 
-    Each file is written atomically; ``checkpoint.json`` goes last and records the weights'
-    sha256, so a reader never pairs new metadata with old or half-written weights.
+    Each file is written atomically. The weights go first to ``model.safetensors.pending``;
+    ``checkpoint.json``, which records their sha256, is the commit point; then the pending
+    weights are renamed into place. A kill before the commit leaves the previous checkpoint,
+    a kill after it leaves the new one (``load_checkpoint`` finishes the rename).
     """
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; valid tasks: {', '.join(TASKS)}")
@@ -111,11 +122,12 @@ def save_checkpoint(
 
     from safetensors.torch import save_file
 
-    weights_path = out_dir / WEIGHTS_FILE
-    with atomic_path(weights_path) as tmp:
+    pending = out_dir / PENDING_WEIGHTS_FILE
+    with atomic_path(pending) as tmp:
         save_file(cpu_state_dict(model), str(tmp), metadata={"format": "pt", "task": task})
     write_text(out_dir / CONFIG_FILE, config.to_yaml())
-    write_json(out_dir / META_FILE, _build_meta(task, config, epoch, metrics, weights_path))
+    write_json(out_dir / META_FILE, _build_meta(task, config, epoch, metrics, pending))
+    os.replace(pending, out_dir / WEIGHTS_FILE)
 
 
 def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
@@ -280,8 +292,25 @@ def _read_config(folder: Path) -> Config:
         raise CheckpointError(f"{path} is not a valid config: {exc}") from None
 
 
+def _finish_interrupted_save(folder: Path, meta: dict[str, Any]) -> Path | None:
+    """The pending weights of a save killed between its commit and its last rename, when
+    ``checkpoint.json`` names them; the rename is completed where the folder is writable."""
+    pending = folder / PENDING_WEIGHTS_FILE
+    if not pending.is_file() or sha256_file(pending) != meta["weights_sha256"]:
+        return None
+    try:
+        os.replace(pending, folder / WEIGHTS_FILE)
+    except OSError:  # a read-only copy of the folder: read the pending file where it is
+        return pending
+    log.info("completed an interrupted checkpoint save in %s", folder)
+    return folder / WEIGHTS_FILE
+
+
 def _read_weights(folder: Path, meta: dict[str, Any]) -> dict[str, torch.Tensor]:
     path = folder / WEIGHTS_FILE
+    recovered = _finish_interrupted_save(folder, meta)
+    if recovered is not None:
+        path = recovered
     if not path.is_file():
         raise CheckpointError(f"{path} is missing from the checkpoint; {_RETRAIN_HINT}")
     actual = sha256_file(path)

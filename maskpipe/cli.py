@@ -196,7 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.func(args)
     except (MaskpipeError, UserError) as exc:
-        print(f"maskpipe {args.command}: error: {exc}", file=sys.stderr)
+        command = " ".join(filter(None, (args.command, getattr(args, "data_command", None))))
+        print(f"maskpipe {command}: error: {exc}", file=sys.stderr)
         return 2
     return 0
 

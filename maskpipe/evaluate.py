@@ -65,6 +65,8 @@ def _task_labels(classes: np.ndarray, position: int) -> np.ndarray:
 def read_answers(path: str | Path, what: str) -> pd.DataFrame:
     """``ImageID`` (str) and ``ans`` (int 0..17) of a CSV, checked."""
     path = Path(path)
+    if path.is_dir():
+        raise DataLayoutError(f"{what} file {path} is a folder; pass the CSV file (ImageID,ans) itself")
     if not path.is_file():
         raise DataLayoutError(f"{what} file {path} does not exist")
     try:

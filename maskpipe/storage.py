@@ -186,18 +186,43 @@ class S3Settings:
         )
 
 
+_ENDPOINT_FORM = "use host:port or http(s)://host:port"
+
+
 def _parse_endpoint(value: str, var: str, env: Mapping[str, str]) -> tuple[str, bool]:
+    if "@" in value:
+        # user:password@host would put a credential into every URL and message: refuse it
+        # without echoing the value.
+        raise StorageError(
+            f"{var} holds a user name or password before '@' (value not shown): put the keys in "
+            f"MINIO_ACCESS_KEY and MINIO_SECRET_KEY and {_ENDPOINT_FORM}"
+        )
     if "://" in value:
         parts = urlsplit(value)
         if parts.scheme not in ("http", "https") or not parts.netloc or parts.path.strip("/"):
-            raise StorageError(f"{var}={value!r} is not an endpoint: use host:port or http(s)://host:port")
-        return parts.netloc, parts.scheme == "https"
-    if "/" in value:
-        raise StorageError(f"{var}={value!r} is not an endpoint: use host:port or http(s)://host:port")
-    flag = env.get("MINIO_SECURE", "true").strip().lower()
-    if flag not in ("true", "false", "1", "0", "yes", "no"):
-        raise StorageError(f"MINIO_SECURE={flag!r} is not a boolean: use true or false")
-    return value, flag in ("true", "1", "yes")
+            raise StorageError(f"{var}={value!r} is not an endpoint: {_ENDPOINT_FORM}")
+        netloc, secure = parts.netloc, parts.scheme == "https"
+    else:
+        if "/" in value:
+            raise StorageError(f"{var}={value!r} is not an endpoint: {_ENDPOINT_FORM}")
+        flag = env.get("MINIO_SECURE", "true").strip().lower()
+        if flag not in ("true", "false", "1", "0", "yes", "no"):
+            raise StorageError(f"MINIO_SECURE={flag!r} is not a boolean: use true or false")
+        netloc, secure = value, flag in ("true", "1", "yes")
+    _check_host_port(netloc, var)
+    return netloc, secure
+
+
+def _check_host_port(netloc: str, var: str) -> None:
+    """Refuse what the minio client would reject later with a bare ValueError (a port that is
+    no number or out of range, a broken IPv6 literal, a space in the host)."""
+    try:
+        parts = urlsplit(f"//{netloc}")
+        parts.port  # noqa: B018 - the property validates the port
+    except ValueError as exc:
+        raise StorageError(f"{var}={netloc!r} is not an endpoint ({exc}): {_ENDPOINT_FORM}") from None
+    if not parts.hostname or any(ch.isspace() for ch in netloc):
+        raise StorageError(f"{var}={netloc!r} is not an endpoint: {_ENDPOINT_FORM}")
 
 
 def _env_number(env: Mapping[str, str], name: str, default: T, kind: Callable[[str], T]) -> T:
@@ -251,14 +276,19 @@ def _new_client(settings: S3Settings):
         ca_certs=os.environ.get("SSL_CERT_FILE") or certifi.where(),
         retries=urllib3.Retry(total=0, raise_on_redirect=False, raise_on_status=False),
     )
-    return Minio(
-        settings.endpoint,
-        access_key=settings.access_key,
-        secret_key=settings.secret_key,
-        secure=settings.secure,
-        region=settings.region,
-        http_client=http,
-    )
+    try:
+        return Minio(
+            settings.endpoint,
+            access_key=settings.access_key,
+            secret_key=settings.secret_key,
+            secure=settings.secure,
+            region=settings.region,
+            http_client=http,
+        )
+    except ValueError as exc:  # minio's own endpoint checks; its messages carry no keys
+        raise StorageError(
+            f"{settings.endpoint_var}={settings.endpoint!r} is not usable ({exc}): {_ENDPOINT_FORM}"
+        ) from None
 
 
 def _is_transient(exc: BaseException) -> bool:

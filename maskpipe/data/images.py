@@ -125,7 +125,9 @@ def load_rgb(path: str | os.PathLike[str]) -> np.ndarray:
         image = _open_checked(path)
         try:
             rgb = image if image.mode == "RGB" else _to_rgb(image)
-            array = np.asarray(rgb, dtype=np.uint8)
+            # np.array, not np.asarray: PIL's buffer view is read-only, and augmentations (and
+            # torch.from_numpy) need an array they may write to.
+            array = np.array(rgb, dtype=np.uint8)
         finally:
             image.close()
     return np.ascontiguousarray(array)

@@ -226,11 +226,20 @@ def _list_visible(root: str, scan: _Scan) -> list[str]:
     if not storage.is_s3(root):
         for link in lay.find_escaping_links(root):
             scan.skip_file(link, "symlink pointing outside the data root (not followed)")
-    visible = [f for f in files if not lay.is_hidden(f)]
-    scan.ignored_hidden = len(files) - len(visible)
+    # Object keys may hold '..', '.' or empty segments (S3 allows them, a local listing never
+    # does); such a key would leave its folder once written to disk, so it is reported, not used.
+    unsafe = {f for f in files if _has_unsafe_segment(f)}
+    for path in sorted(unsafe):
+        scan.skip_file(path, "object key with a '..', '.' or empty path segment (not followed)")
+    visible = [f for f in files if f not in unsafe and not lay.is_hidden(f)]
+    scan.ignored_hidden = len(files) - len(unsafe) - len(visible)
     if not files:
         raise DataLayoutError(f"data root {root} is empty; {lay.EXPECTED_LAYOUTS}")
     return visible
+
+
+def _has_unsafe_segment(rel_path: str) -> bool:
+    return any(part in ("", ".", "..") for part in rel_path.split("/"))
 
 
 def _collect_profiles(
@@ -449,6 +458,13 @@ def _index_eval(
     image_ids = [str(i).strip() for i in table["ImageID"]]
     if not image_ids:
         raise DataLayoutError(f"{where} lists no images; it needs one ImageID row per eval image")
+    not_names = [i for i in image_ids if not _is_plain_file_name(i)]
+    if not_names:
+        raise DataLayoutError(
+            f"{where} lists {len(not_names)} ImageID(s) that are not plain file names: "
+            f"{_few([repr(i) for i in not_names])}; an ImageID names a file directly inside "
+            f"{lay.EVAL_IMAGES}/ (no '/', '\\' or '..')"
+        )
     dups = sorted(i for i, n in Counter(image_ids).items() if n > 1)
     if dups:
         raise DataLayoutError(
@@ -469,6 +485,11 @@ def _index_eval(
             "replace them with readable JPEG/PNG files"
         )
     return pd.DataFrame({"image_id": image_ids, "path": paths})
+
+
+def _is_plain_file_name(image_id: str) -> bool:
+    # Paths from a CSV must not reach outside eval/images/ (../, absolute, sub-folders).
+    return bool(image_id) and image_id not in (".", "..") and not any(c in image_id for c in "/\\\0")
 
 
 def _describe(skipped: dict[str, str]) -> str:
