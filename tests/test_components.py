@@ -18,18 +18,10 @@ from kfp import dsl
 from components import IMAGE, ensemble_infer, index_data, train_model
 from components.image import FALLBACK_IMAGE, read_default_image
 from datafactory import make_dataset, truncate
+from tiny import TINY_OVERRIDES
 from maskpipe.errors import DataLayoutError
 from maskpipe.labels import CLASS_NAMES, TASK_CLASS_NAMES, TASKS
 
-# CPU-sized and fast: whole tiny photos, no cache, single-process loading.
-TINY_OVERRIDES = [
-    "data.crop_size=null",
-    "data.input_size=32x24",
-    "data.cache_gb=0",
-    "data.num_workers=0",
-    "infer.num_workers=0",
-    "train.batch_size=8",
-]
 
 
 def artifact(cls, folder: Path, name: str):

@@ -18,6 +18,7 @@ import pytest
 
 import pipeline
 from datafactory import make_dataset
+from tiny import tiny_pipeline_arguments
 
 REPO = Path(__file__).resolve().parents[2]
 FAKE_ACCESS_KEY = "FAKEACCESS-leakcheck-3c9e71"
@@ -62,21 +63,7 @@ def test_local_run_on_s3_leaks_no_credential(tmp_path, s3_bucket, s3_env, monkey
     data = make_dataset(tmp_path / "data", eval_images=3)
     upload_dir(data.root, f"{s3_bucket}/data")
     bucket = s3_bucket.removeprefix("s3://")
-    arguments = {
-        "data_root": f"{s3_bucket}/data",
-        "preset": "smoke",
-        "epochs": 1,
-        "batch_size": 0,
-        "learning_rate": 0.0,
-        "architecture": "",
-        "image_size": "",
-        "val_fraction": 0.34,
-        "seed": 42,
-        "tta": False,
-        "overrides": ["data.crop_size=null", "data.input_size=32x24", "data.cache_gb=0",
-                      "data.num_workers=0", "infer.num_workers=0", "train.batch_size=8"],
-        "resume_bucket": bucket,
-    }  # fmt: skip
+    arguments = tiny_pipeline_arguments(f"{s3_bucket}/data", resume_bucket=bucket)
     out = tmp_path / "out"
     run = pipeline.run_local(arguments, out)
     captured = capfd.readouterr()

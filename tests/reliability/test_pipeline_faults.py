@@ -24,35 +24,9 @@ import pytest
 
 import pipeline
 from datafactory import make_dataset
+from tiny import TINY_OVERRIDES, tiny_pipeline_arguments
 
 REPO = Path(__file__).resolve().parents[2]
-TINY_OVERRIDES = [
-    "data.crop_size=null",
-    "data.input_size=32x24",
-    "data.cache_gb=0",
-    "data.num_workers=0",
-    "infer.num_workers=0",
-    "train.batch_size=8",
-]
-
-
-def tiny_arguments(data_root: Path, **changes) -> dict:
-    arguments = {
-        "data_root": str(data_root),
-        "preset": "smoke",
-        "epochs": 1,
-        "batch_size": 0,
-        "learning_rate": 0.0,
-        "architecture": "",
-        "image_size": "",
-        "val_fraction": 0.34,
-        "seed": 42,
-        "tta": False,
-        "overrides": list(TINY_OVERRIDES),
-        "resume_bucket": "",
-    }
-    arguments.update(changes)
-    return arguments
 
 
 @pytest.fixture
@@ -63,7 +37,7 @@ def tiny_data(tmp_path) -> Path:
 def test_bad_data_root_names_the_index_step_and_the_missing_folder(tmp_path):
     missing = tmp_path / "no-such-data"
     with pytest.raises(pipeline.PipelineRunError) as failure:
-        pipeline.run_local(tiny_arguments(missing), tmp_path / "out")
+        pipeline.run_local(tiny_pipeline_arguments(missing), tmp_path / "out")
     message = str(failure.value)
     assert message.startswith("step index-data (task index-data) failed: ")
     assert "DataLayoutError" in message and "no-such-data" in message
@@ -73,7 +47,7 @@ def test_bad_data_root_names_the_index_step_and_the_missing_folder(tmp_path):
 @pytest.mark.slow
 def test_bad_override_names_the_training_step_and_a_rerun_after_the_fix_works(tiny_data, tmp_path):
     out = tmp_path / "out"
-    bad = tiny_arguments(tiny_data, overrides=[*TINY_OVERRIDES, "train.epochs=three"])
+    bad = tiny_pipeline_arguments(tiny_data, overrides=[*TINY_OVERRIDES, "train.epochs=three"])
     with pytest.raises(pipeline.PipelineRunError) as failure:
         pipeline.run_local(bad, out)
     message = str(failure.value)
@@ -84,7 +58,7 @@ def test_bad_override_names_the_training_step_and_a_rerun_after_the_fix_works(ti
     assert "ConfigError" in message and "train.epochs" in message and "three" in message
     assert not (out / "submission.csv").exists()
 
-    run = pipeline.run_local(tiny_arguments(tiny_data), out)
+    run = pipeline.run_local(tiny_pipeline_arguments(tiny_data), out)
     submission = pd.read_csv(run.submission)
     assert len(submission) == 4
     assert run.run_dir.parent == out.resolve() / "runs"
