@@ -55,7 +55,8 @@ class DataConfig:
     augs: list[str] = field(default_factory=lambda: list(AUG_NAMES))
     # Training-time upper age boundary (official: 60; several teams trained with 58).
     age_old_min: int = 60
-    # Hold out the index's `split == "val"` people for model selection.
+    # Hold out the index's `split == "val"` people (`maskpipe index --val-fraction`) and score
+    # them every epoch; an index without them trains on every person (unless select_by=val_f1).
     use_val_split: bool = True
     # Memory budget of the decoded-image cache in GiB; 0 disables the cache.
     cache_gb: float = 8.0
@@ -84,7 +85,9 @@ class TrainConfig:
     )
     label_smoothing: float = 0.0
     # "val_f1": keep the epoch with the best validation macro-F1;
-    # "train_acc": the original's choice, best training accuracy.
+    # "train_acc": the original's choice, best training accuracy;
+    # "last": the last epoch (a one-cycle schedule ends at its best fit; no validation needed,
+    # so every person can train).
     select_by: str = "val_f1"
     # Stop after this many epochs without improvement; 0 disables.
     early_stopping_patience: int = 0
@@ -268,7 +271,7 @@ def _type_name(hint: Any) -> str:
 OPTIMIZERS = ("adamp", "timm_adamp", "adamw", "sgd")
 SCHEDULERS = ("step", "onecycle", "cosine", "constant")
 SAMPLERS = ("weighted", "shuffle")
-SELECT_BY = ("val_f1", "train_acc")
+SELECT_BY = ("val_f1", "train_acc", "last")
 AUGMENTS = ("original", "fast")
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -300,7 +303,9 @@ def validate(config: Config) -> None:
     if t.weight_decay < 0 or t.early_stopping_patience < 0 or t.warmup_epochs < 0:
         raise ConfigError("train.weight_decay, early_stopping_patience, warmup_epochs must be >= 0")
     if t.select_by == "val_f1" and not d.use_val_split:
-        raise ConfigError("train.select_by=val_f1 needs data.use_val_split=true (or use train_acc)")
+        raise ConfigError(
+            "train.select_by=val_f1 needs data.use_val_split=true (or use last or train_acc)"
+        )
     for name, size in (("data.input_size", d.input_size), ("data.crop_size", d.crop_size)):
         if size is None and name == "data.crop_size":
             continue

@@ -35,6 +35,16 @@ def test_smoke_preset_is_cpu_sized():
     c = load_config("smoke")
     assert c.model.arch == "resnet10t" and not c.model.pretrained
     assert c.data.input_size == [96, 72]
+    # Few people: the one-cycle schedule's last epoch is kept, not the best on a handful of
+    # validation people.
+    assert c.data.use_val_split and c.train.select_by == "last"
+
+
+def test_selection_by_validation_needs_the_split():
+    with pytest.raises(ConfigError, match="needs data.use_val_split=true"):
+        load_config("smoke", ["train.select_by=val_f1", "data.use_val_split=false"])
+    for select_by in ("last", "train_acc"):
+        assert load_config("smoke", [f"train.select_by={select_by}"]).train.select_by == select_by
 
 
 def test_overrides_are_typed():

@@ -1,7 +1,8 @@
 """train_task on a small synthetic set with the smoke preset: learning, outputs, resume.
 
-The set (60 people, 96x128 photos) is built once per session; the three task models are
-trained once and shared by the tests that only read their outputs.
+The set (90 people, 96x128 photos) is built once per session; the three task models are
+trained once - with a validation split of 24 people they never see - and shared by the tests
+that only read their outputs.
 """
 
 from __future__ import annotations
@@ -18,12 +19,15 @@ from maskpipe.config import load_config, load_config_file
 from maskpipe.errors import CheckpointError
 from maskpipe.train import STATE_FILE, train_task
 
-PEOPLE = 60
+# With 45 training people gender stayed at chance on unseen people (identity cues are easier
+# to learn than hair); 66 are enough for every task to generalise within the smoke budget.
+PEOPLE = 90
+EPOCHS = load_config("smoke").train.epochs
 
 
 @pytest.fixture(scope="session")
 def synth_index(tmp_path_factory) -> Path:
-    """index.parquet of a 40-person synthetic set (train/val split by person)."""
+    """index.parquet of a 90-person synthetic set (66 train / 24 val people)."""
     from maskpipe.data.index import build_index
     from maskpipe.data.synth import generate
 
@@ -40,7 +44,11 @@ def train_cache(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def trained(synth_index, train_cache, tmp_path_factory):
-    """The three task models trained with the smoke preset (about 2 minutes on 2 cores)."""
+    """The three task models trained with the smoke preset (about 2.5 minutes on 2 cores).
+
+    The index's 24 validation people are held out, and the smoke preset keeps the last epoch
+    (not the best on those people), so their scores are an unbiased test on unseen people.
+    """
     out = tmp_path_factory.mktemp("checkpoints")
     config = load_config("smoke")
     return {
@@ -56,20 +64,24 @@ def _smoke(*overrides: str):
 @pytest.mark.slow
 def test_mask_model_recognises_unseen_people(trained):
     metrics = trained["mask"].metrics
-    assert metrics["split"] == "val"
-    # Majority-class accuracy is 5/7 = 0.71; measured 0.87-0.99 depending on the split.
-    assert metrics["accuracy"] >= 0.85 and metrics["macro_f1"] >= 0.7
+    assert metrics["split"] == "val" and metrics["selected_by"] == "last" and metrics["epoch"] == EPOCHS
+    # Majority-class accuracy is 5/7 = 0.71. Measured on two data/training seeds: accuracy
+    # 0.958 / 0.950, macro-F1 0.921 / 0.922.
+    assert metrics["accuracy"] >= 0.88 and metrics["macro_f1"] >= 0.8
 
 
 @pytest.mark.slow
-def test_gender_and_age_models_learn_their_training_people(trained):
-    # On 45 synthetic training people both models fit the training people (chance: 0.5 and
-    # 0.33) but generalise weakly to the 15 held-out people (identity cues are easier than
-    # hair); see docs/presets.md. The validation score is recorded, not asserted here.
-    assert trained["gender"].history[-1]["train_accuracy"] >= 0.85
-    assert trained["age"].history[-1]["train_accuracy"] >= 0.75
-    for task in ("gender", "age"):
-        assert trained[task].metrics["split"] == "val" and 0 <= trained[task].metrics["macro_f1"] <= 1
+def test_gender_and_age_models_recognise_unseen_people(trained):
+    # Held-out people only: memorising a person's background and clothes earns nothing here.
+    # Chance: gender accuracy 0.5; age macro-F1 0.33 (always "young": about 0.2). Measured on
+    # two data/training seeds: gender accuracy 0.786 / 0.870, macro-F1 0.752 / 0.869; age
+    # accuracy 0.726 / 0.727, macro-F1 0.644 / 0.689; training accuracy 0.93-0.96.
+    gender, age = trained["gender"].metrics, trained["age"].metrics
+    assert gender["split"] == age["split"] == "val"
+    assert gender["accuracy"] >= 0.68 and gender["macro_f1"] >= 0.65
+    assert age["accuracy"] >= 0.6 and age["macro_f1"] >= 0.5
+    # And they fit their training people (augmented batches).
+    assert gender["train"]["accuracy"] >= 0.85 and age["train"]["accuracy"] >= 0.8
 
 
 @pytest.mark.slow
@@ -79,22 +91,22 @@ def test_checkpoint_folder_is_complete_and_loadable(trained):
     loaded = load_checkpoint(folder, expected_task="gender")
     assert loaded.meta["arch"] == "resnet10t" and loaded.meta["input_size"] == [96, 72]
     history = json.loads((folder / "history.json").read_text())
-    assert [row["epoch"] for row in history] == list(range(1, 9))
+    assert [row["epoch"] for row in history] == list(range(1, EPOCHS + 1))
     metrics = json.loads((folder / "metrics.json").read_text())
     assert {"accuracy", "macro_f1", "per_class_f1", "confusion_matrix"} <= metrics.keys()
     assert metrics["epoch"] == result.best_epoch == loaded.meta["epoch"]
     assert load_config_file(folder / "config.yaml") == load_config("smoke")
     state = load_state(folder / STATE_FILE)
-    assert state["epoch"] == 8 and state["task"] == "gender"
+    assert state["epoch"] == EPOCHS and state["task"] == "gender"
     assert not list(folder.rglob("*.tmp"))
-    assert "gender: epochs 8/8" in result.summary()
+    assert f"gender: epochs {EPOCHS}/{EPOCHS}" in result.summary()
 
 
 @pytest.mark.slow
 def test_rerunning_a_finished_run_is_a_no_op(trained, synth_index, train_cache):
     result = trained["mask"]
     weights = (result.checkpoint_dir / "model.safetensors").stat().st_mtime_ns
-    again = train_task(load_config("smoke"), "mask", synth_index, result.checkpoint_dir, cache_dir=train_cache)
+    again = train_task(_smoke(), "mask", synth_index, result.checkpoint_dir, cache_dir=train_cache)
     assert again.already_finished and again.metrics == result.metrics
     assert (result.checkpoint_dir / "model.safetensors").stat().st_mtime_ns == weights
     assert "already finished" in again.summary()
@@ -151,7 +163,7 @@ def test_index_without_validation_rows_is_a_clear_error(tmp_path):
     )  # fmt: skip
     write_frame(frame, tmp_path / "index.parquet", str(tmp_path))
     with pytest.raises(TrainingError, match="no validation rows"):
-        train_task(_smoke(), "mask", tmp_path / "index.parquet", tmp_path / "out")
+        train_task(_smoke("train.select_by=val_f1"), "mask", tmp_path / "index.parquet", tmp_path / "out")
 
 
 def test_offline_pretrained_weights_fail_fast_before_reading_images(synth_index, tmp_path, monkeypatch):
