@@ -217,7 +217,7 @@ def real_epoch(args: argparse.Namespace, work_dir: Path, device: torch.device) -
     from timm.optim import AdamP
 
     from maskpipe.data.index import build_index
-    from maskpipe.data.transforms import normalize_to_tensor
+    from maskpipe.data.transforms import add_batch_noise_, normalize_to_tensor
     from maskpipe.train import build_task_data
 
     photos = work_dir / "photos"
@@ -250,6 +250,8 @@ def real_epoch(args: argparse.Namespace, work_dir: Path, device: torch.device) -
         for images, labels in data.train_loader:
             wait += time.perf_counter() - fetched
             images = normalize_to_tensor(images.to(device, non_blocking=True), d.mean, d.std, channels_last=True)
+            if "noise" in d.augs:  # what the training loop adds to the normalised batch
+                add_batch_noise_(images)
             labels = labels.to(device, non_blocking=True)
             with autocast(True):
                 loss = F.cross_entropy(model(images).float(), labels)

@@ -6,8 +6,10 @@ with ``create_model`` and saved as real checkpoint folders), same JPEGs, same ma
 * original: for each image, decode it, then for each model run the albumentations eval
   transform, forward that one image and take ``.argmax().item()``;
 * batched: :func:`maskpipe.ensemble.predict_probs` - DataLoader workers decode each image
-  once and crop/resize it to uint8, batches of ``--batch-size``, channels-last,
-  ``torch.inference_mode``, bf16 autocast with ``--bf16`` on CUDA.
+  once and crop/resize it to uint8, batches of ``--batch-size``, BatchNorm folded into the
+  convolutions, channels-last, ``torch.inference_mode``, bf16 autocast with ``--bf16`` on CUDA.
+
+Both paths run with the same torch thread count (``--threads``, default 1).
 
 Both paths must agree on the predicted classes, and a path that cannot run as asked (CUDA or
 bf16 unavailable) stops the script with a non-zero exit instead of measuring a fallback.
@@ -59,7 +61,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--workers", type=int, help="decoding workers (default: CPU count)")
     parser.add_argument(
-        "--threads", type=int, help="torch intra-op threads for both paths (default: torch's)"
+        "--threads", type=int, default=1,
+        help="torch intra-op threads, the same for both paths (default: %(default)s; 0: torch's "
+        "own default, the CPU count)",
     )
     parser.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA only)")
@@ -195,7 +199,7 @@ def run(args: argparse.Namespace, work_dir: Path) -> float:
         raise BenchmarkError(f"--bf16 needs CUDA; the device is {device}")
     if args.bf16 and not torch.cuda.is_bf16_supported():
         raise BenchmarkError("--bf16 was asked for but this GPU does not support bf16")
-    if args.threads is not None:
+    if args.threads:
         torch.set_num_threads(args.threads)
     paths = write_images(work_dir / "images", args.images, args.image_size)
     checkpoints = write_checkpoints(work_dir / "checkpoints", args.arch, args.input_size)

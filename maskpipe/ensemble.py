@@ -39,6 +39,9 @@ View = tuple[tuple[int, int] | None, tuple[int, int]]
 
 SUBMISSION_COLUMNS = ("ImageID", "ans")
 MAX_DEFAULT_WORKERS = 8
+# Images per forward pass on the CPU: past ~32 the activations fall out of the caches and the
+# per-image cost rises again (resnet10t at 96x72, one thread: 2.9 ms at 32, 3.4 ms at 64).
+CPU_FORWARD_CHUNK = 32
 
 
 @dataclass
@@ -348,6 +351,7 @@ def predict_probs(
         len(paths), len(loaded), len(views), [v[1] for v in views], batch_size,
         loader.num_workers, device, ", bf16" if use_amp else "", ", flip TTA" if tta else "",
     )  # fmt: skip
+    models = {task: inference_model(checkpoint.model) for task, checkpoint in loaded.items()}
     out = {task: np.empty((len(paths), NUM_CLASSES[task]), np.float32) for task in loaded}
     row = 0
     for batch in _progress(loader, len(paths), batch_size):
@@ -360,7 +364,7 @@ def predict_probs(
             key = (view, tuple(checkpoint.mean), tuple(checkpoint.std))
             if key not in normalised:
                 normalised[key] = prepare_batch(on_device[view], checkpoint.mean, checkpoint.std, tta)
-            probs = forward_probs(checkpoint.model, normalised[key], tta=tta, amp=use_amp)
+            probs = forward_probs(models[task], normalised[key], tta=tta, amp=use_amp)
             out[task][row : row + len(probs)] = probs.cpu().numpy()
         row += batch[0].shape[0]
     if row != len(paths):  # a DataLoader that dropped rows would misalign the submission
@@ -381,12 +385,33 @@ def prepare_batch(
     return x
 
 
+def inference_model(model: torch.nn.Module) -> torch.nn.Module:
+    """``model`` (in eval mode) with each BatchNorm folded into the convolution before it,
+    channels-last: one op fewer per layer, same outputs to float rounding.
+
+    The fold needs a ``torch.fx`` trace; a model that cannot be traced is used as it is.
+    Only exact ``Conv2d -> BatchNorm2d`` pairs are folded (timm's fused BatchNormAct layers
+    are left alone), on a copy: the checkpoint's own model is not changed.
+    """
+    from torch.fx.experimental.optimization import fuse
+
+    model.eval()
+    try:
+        fused = fuse(model)
+    except Exception as exc:  # fx tracing fails on data-dependent control flow
+        log.debug("no BatchNorm folding for %s (%s); running it unfused", type(model).__name__, exc)
+        fused = model
+    return fused.to(memory_format=torch.channels_last)
+
+
 @torch.inference_mode()
 def forward_probs(model: torch.nn.Module, x: torch.Tensor, *, tta: bool, amp: bool) -> torch.Tensor:
     """Softmax probabilities (float32) of a prepared batch; with TTA the batch holds the
-    originals then their flips, and each image gets the mean of its two probabilities."""
+    originals then their flips, and each image gets the mean of its two probabilities.
+    On the CPU the batch goes through in chunks of :data:`CPU_FORWARD_CHUNK`."""
+    chunk = CPU_FORWARD_CHUNK if x.device.type == "cpu" else len(x)
     with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16, enabled=amp):
-        logits = model(x)
+        logits = torch.cat([model(part) for part in x.split(max(1, chunk))])
     probs = logits.float().softmax(dim=1)
     if tta:
         half = probs.shape[0] // 2

@@ -431,13 +431,17 @@ class _Run:
         return self._metrics(torch.cat(targets), torch.cat(preds), sum(losses), "val")
 
     def _to_device(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        from maskpipe.data.transforms import normalize_to_tensor
+        from maskpipe.data.transforms import add_batch_noise_, normalize_to_tensor
 
         non_blocking = self.device.type == "cuda"
         images = images.to(self.device, non_blocking=non_blocking)
         if images.dtype == torch.uint8:
             data = self.config.data
             images = normalize_to_tensor(images, data.mean, data.std, channels_last=self.channels_last)
+            # The fast path's per-image list leaves the noise to the normalised batch (train
+            # batches only: evaluate() puts the model in eval mode).
+            if self.model.training and "noise" in data.augs:
+                add_batch_noise_(images)
         elif self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         return images, labels.to(self.device, non_blocking=non_blocking)
@@ -461,10 +465,7 @@ class _Run:
         self, epoch: int, train: dict[str, Any], val: dict[str, Any] | None, seconds: float
     ) -> bool:
         lr = self.optimizer.param_groups[0]["lr"]
-        chosen = train if self.config.train.select_by == "train_acc" else val
-        key = "accuracy" if self.config.train.select_by == "train_acc" else "macro_f1"
-        assert chosen is not None  # validate(): val_f1 needs the val split
-        score = float(chosen[key])
+        score = self._selection_score(epoch, train, val)
         improved = score > self.best_score
         if improved:
             self.best_score, self.best_epoch, self.bad_epochs = score, epoch, 0
@@ -485,6 +486,15 @@ class _Run:
         self.history.append(row)
         log.info(_epoch_line(self.task, epoch, self.config.train.epochs, row))
         return improved
+
+    def _selection_score(self, epoch: int, train: dict[str, Any], val: dict[str, Any] | None) -> float:
+        select_by = self.config.train.select_by
+        if select_by == "last":
+            return float(epoch)
+        if select_by == "train_acc":
+            return float(train["accuracy"])
+        assert val is not None  # validate(): val_f1 needs the val split
+        return float(val["macro_f1"])
 
     def _save_best(self, epoch: int, train: dict[str, Any], val: dict[str, Any] | None) -> None:
         from maskpipe.checkpoint import save_checkpoint
@@ -573,10 +583,13 @@ def make_scheduler(
         # StepLR of the original, stepped per epoch there; the same curve in optimizer steps.
         return lr_scheduler.StepLR(optimizer, step_size=t.step_size * steps_per_epoch, gamma=t.gamma)
     if t.scheduler == "onecycle":
-        pct = warmup / total if warmup else 0.3
-        return lr_scheduler.OneCycleLR(
-            optimizer, max_lr=t.lr, total_steps=total, pct_start=max(pct, 1 / total)
-        )
+        up_steps = warmup if warmup else 0.3 * total
+        if up_steps <= 1:
+            # OneCycleLR divides by (pct_start * total - 1): zero (ZeroDivisionError) or a
+            # one-step ramp. A run this short gets the nearest well-defined curve instead.
+            log.info("onecycle needs more than %d optimizer steps to warm up; using cosine", total)
+            return lr_scheduler.LambdaLR(optimizer, _CosineWithWarmup(warmup, total))
+        return lr_scheduler.OneCycleLR(optimizer, max_lr=t.lr, total_steps=total, pct_start=up_steps / total)
     if t.scheduler == "cosine":
         return lr_scheduler.LambdaLR(optimizer, _CosineWithWarmup(warmup, total))
     if t.scheduler == "constant":
@@ -638,12 +651,14 @@ def build_task_data(
     val_rows = np.flatnonzero((frame["split"] == "val").to_numpy()) if d.use_val_split else np.array([], dtype=np.int64)
     if len(train_rows) == 0:
         raise TrainingError(f"index {index_path} has no training rows (split == 'train')")
-    if d.use_val_split and len(val_rows) == 0:
+    if d.use_val_split and len(val_rows) == 0 and t.select_by == "val_f1":
         raise TrainingError(
-            f"index {index_path} has no validation rows (split == 'val') but data.use_val_split "
-            "is true; rebuild the index with --val-fraction > 0, or set data.use_val_split=false "
-            "train.select_by=train_acc"
+            f"index {index_path} has no validation rows (split == 'val') but train.select_by="
+            "val_f1 needs them; rebuild the index with --val-fraction > 0, or set "
+            "train.select_by=last"
         )
+    if d.use_val_split and len(val_rows) == 0:
+        log.info("%s: the index holds no validation people; every person trains", task)
     paths = localize(data_root, frame["path"].tolist(), cache_dir=Path(cache_dir) if cache_dir else None)
     labels = train_labels(frame, task, d.age_old_min)
     eval_labels = official_labels(frame, task)

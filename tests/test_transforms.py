@@ -100,9 +100,75 @@ def test_fast_train_transform_keeps_uint8_and_size_and_is_seedable():
 
 def test_augmentation_list_follows_the_names_given():
     names = [type(t).__name__ for t in T.fast_train_transform([96, 72], MEAN, STD, ["flip", "noise"])]
-    assert names == ["HorizontalFlip", "GaussNoise"]
+    assert names == ["HorizontalFlip"]  # noise is batched: add_batch_noise_
+    every = [type(t).__name__ for t in T.fast_train_transform([96, 72], MEAN, STD)]
+    assert every == [
+        "HorizontalFlip", "Affine", "HueSaturationValue", "RandomBrightnessContrast",
+        "CoarseDropout", "CoarseDropout",
+    ]  # fmt: skip
     full = [type(t).__name__ for t in T.original_train_transform([448, 336], [512, 384], MEAN, STD)]
     assert full == [
         "Lambda", "HorizontalFlip", "Affine", "HueSaturationValue", "RandomBrightnessContrast",
         "Normalize", "CoarseDropout", "CoarseDropout", "GaussNoise",
     ]  # fmt: skip
+
+
+def _reference_normalised(batch: torch.Tensor) -> torch.Tensor:
+    x = batch.double().permute(0, 3, 1, 2) / 255
+    mean = torch.tensor(MEAN, dtype=torch.float64).view(1, 3, 1, 1)
+    std = torch.tensor(STD, dtype=torch.float64).view(1, 3, 1, 1)
+    return ((x - mean) / std).float()
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_normalize_to_tensor_cpu_and_torch_kernels_equal_the_formula(channels_last):
+    batch = torch.randint(0, 256, (3, 17, 11, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    batch[0, 0, 0] = torch.tensor([0, 255, 128], dtype=torch.uint8)  # both ends of the range
+    expected = _reference_normalised(batch)
+    for out in (
+        T.normalize_to_tensor(batch, MEAN, STD, channels_last=channels_last),
+        T._normalize_torch(batch, MEAN, STD, channels_last),  # the kernel used off the CPU
+    ):
+        assert out.shape == (3, 3, 17, 11) and out.dtype == torch.float32
+        assert torch.allclose(out, expected, atol=1e-5, rtol=0)
+        layout = torch.channels_last if channels_last else torch.contiguous_format
+        assert out.is_contiguous(memory_format=layout)
+
+
+def test_normalize_to_tensor_accepts_a_strided_view_and_numpy():
+    batch = torch.randint(0, 256, (2, 10, 16, 3), dtype=torch.uint8)
+    view = batch[:, :, ::2]  # not contiguous
+    assert torch.allclose(T.normalize_to_tensor(view, MEAN, STD), _reference_normalised(view), atol=1e-5)
+    assert torch.allclose(T.normalize_to_tensor(batch.numpy(), MEAN, STD), _reference_normalised(batch), atol=1e-5)
+
+
+def _noisy_fraction(fresh: bool, p: float, n: int = 400) -> tuple[torch.Tensor, torch.Tensor]:
+    images = torch.zeros(n, 3, 24, 16)
+    out = T.add_batch_noise_(images, p=p, generator=torch.Generator().manual_seed(1), fresh=fresh)
+    assert out is images  # in place
+    return images, images.flatten(1).std(dim=1)
+
+
+@pytest.mark.parametrize("fresh", [True, False])
+def test_batch_noise_hits_about_p_of_the_images_with_stds_in_range(fresh):
+    _, stds = _noisy_fraction(fresh, p=0.3)
+    noisy = stds > 0
+    assert 0.22 < noisy.float().mean() < 0.38
+    low, high = T.NOISE_STD_RANGE
+    assert (stds[noisy] > low * 0.85).all() and (stds[noisy] < high * 1.15).all()
+    assert stds[noisy].min() < 0.27 and stds[noisy].max() > 0.37  # the range is sampled, not one value
+
+
+def test_batch_noise_is_zero_mean_and_differs_between_images():
+    images, stds = _noisy_fraction(False, p=1.0, n=16)
+    assert abs(images.mean().item()) < 0.01
+    flat = images.flatten(1)
+    assert not any(torch.allclose(flat[i], flat[j]) for i in range(16) for j in range(i + 1, 16))
+
+
+def test_batch_noise_p_zero_leaves_the_batch_alone_and_rejects_uint8():
+    images = torch.ones(4, 3, 8, 6)
+    T.add_batch_noise_(images, p=0.0)
+    assert (images == 1).all()
+    with pytest.raises(ValueError, match="float"):
+        T.add_batch_noise_(torch.zeros(2, 3, 8, 6, dtype=torch.uint8))
