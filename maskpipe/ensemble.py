@@ -287,13 +287,6 @@ def collate_views(items: list[tuple[np.ndarray, ...] | str]) -> list[torch.Tenso
     return [torch.from_numpy(np.stack(arrays)) for arrays in zip(*items)]
 
 
-def _worker_init(_worker_id: int) -> None:
-    # One decode per worker process; OpenCV's own thread pool would oversubscribe the cores.
-    import cv2
-
-    cv2.setNumThreads(1)
-
-
 def checkpoint_view(checkpoint: LoadedCheckpoint) -> View:
     return checkpoint.crop_size, checkpoint.input_size
 
@@ -318,7 +311,6 @@ def make_loader(
         num_workers=workers,
         collate_fn=collate_views,
         pin_memory=pin_memory,
-        worker_init_fn=_worker_init if workers else None,
         prefetch_factor=4 if workers else None,
         persistent_workers=False,
     )

@@ -20,6 +20,12 @@ import cv2
 import numpy as np
 import torch
 
+# OpenCV's thread pool is not fork-safe: a DataLoader worker forked after the pool has started
+# hangs in its first cv2 call (seen: the normalisation below ran cv2 in the main process, then a
+# worker's cv2.setNumThreads never returned). maskpipe parallelises with processes and threads
+# of its own, so OpenCV runs sequentially everywhere; set at import, before any cv2 call.
+cv2.setNumThreads(0)
+
 # The original recipe worked on 512x384 (h, w) photos; pixel sizes below are relative to it so
 # they scale with a smaller input size.
 REFERENCE_SIZE = (512, 384)
@@ -109,8 +115,6 @@ def _scale_shift(mean: Sequence[float], std: Sequence[float]) -> tuple[list[floa
 
 
 def _normalize_cpu(x: torch.Tensor, mean, std, channels_last: bool) -> torch.Tensor:
-    import cv2
-
     scale, shift = _scale_shift(mean, std)
     n, h, w, _ = x.shape
     images = x.numpy()
