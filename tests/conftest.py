@@ -263,3 +263,16 @@ def _remove_bucket(client, name: str) -> None:
         client.remove_bucket(name)
     except Exception:  # noqa: BLE001 - cleanup must not hide the test's own result
         pass
+
+
+@pytest.fixture
+def fresh_storage_clients():
+    """Forget the per-process MinIO clients and verified buckets, so a test's own keys and
+    endpoint are used (and checked) from its first call."""
+    from maskpipe import storage
+
+    storage._clients.clear()
+    storage._verified_buckets.clear()
+    yield
+    storage._clients.clear()
+    storage._verified_buckets.clear()

@@ -10,6 +10,7 @@ import json
 import os
 
 import pytest
+from cli_helpers import cli_error
 from datafactory import (
     DEFAULT_FOLDERS,
     make_dataset,
@@ -28,15 +29,6 @@ from maskpipe.errors import DataLayoutError
 F45 = "000001_female_Asian_45"
 
 
-def _cli_error(capsys, *argv: str) -> str:
-    """Run the CLI, expect exit code 2, return the one-line error."""
-    code = main(list(argv))
-    err = capsys.readouterr().err.strip()
-    assert code == 2, err
-    assert "Traceback" not in err
-    lines = [line for line in err.splitlines() if "maskpipe index: error:" in line]
-    assert len(lines) == 1, err
-    return lines[0]
 
 
 def _index_cli(capsys, tmp_path, root, *extra: str) -> tuple[int, dict]:
@@ -55,31 +47,31 @@ def _skips(report: dict) -> dict[str, str]:
 
 def test_empty_folder(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
-    line = _cli_error(capsys, "index", str(tmp_path / "empty"), "-o", str(tmp_path / "i.parquet"))
+    line = cli_error(capsys, "index", str(tmp_path / "empty"), "-o", str(tmp_path / "i.parquet"))
     assert "is empty" in line and str(tmp_path / "empty") in line and "expected one of" in line
 
 
 def test_folder_with_only_hidden_files(tmp_path, capsys):
     (tmp_path / "root").mkdir()
     (tmp_path / "root" / ".DS_Store").write_bytes(b"x")
-    line = _cli_error(capsys, "index", str(tmp_path / "root"), "-o", str(tmp_path / "i.parquet"))
+    line = cli_error(capsys, "index", str(tmp_path / "root"), "-o", str(tmp_path / "i.parquet"))
     assert "holds no files" in line
 
 
 def test_missing_root(tmp_path, capsys):
-    line = _cli_error(capsys, "index", str(tmp_path / "nope"), "-o", str(tmp_path / "i.parquet"))
+    line = cli_error(capsys, "index", str(tmp_path / "nope"), "-o", str(tmp_path / "i.parquet"))
     assert "does not exist" in line
 
 
 def test_root_that_is_a_file(tmp_path, capsys):
     (tmp_path / "file.txt").write_text("x")
-    line = _cli_error(capsys, "index", str(tmp_path / "file.txt"), "-o", str(tmp_path / "i.parquet"))
+    line = cli_error(capsys, "index", str(tmp_path / "file.txt"), "-o", str(tmp_path / "i.parquet"))
     assert "is a file" in line
 
 
 def test_no_recognisable_layout(tmp_path, capsys):
     write_image(tmp_path / "root" / "holiday" / "beach.jpg")
-    line = _cli_error(capsys, "index", str(tmp_path / "root"), "-o", str(tmp_path / "i.parquet"))
+    line = cli_error(capsys, "index", str(tmp_path / "root"), "-o", str(tmp_path / "i.parquet"))
     assert "no recognisable layout" in line and "holiday/" in line
     assert "train/images/<id>_<gender>_<race>_<age>" in line and "--data_dir" in line
 
@@ -89,7 +81,7 @@ def test_eval_only_root_cannot_be_indexed_for_training(tmp_path, capsys):
     import shutil
 
     shutil.rmtree(data.root / "train")
-    line = _cli_error(capsys, "index", str(data.root), "-o", str(tmp_path / "i.parquet"))
+    line = cli_error(capsys, "index", str(data.root), "-o", str(tmp_path / "i.parquet"))
     assert "no training images" in line
 
 
@@ -108,7 +100,7 @@ def test_every_image_broken(tmp_path):
 def test_unparseable_folder_name_is_an_error_naming_it(tmp_path, capsys, folder):
     data = make_dataset(tmp_path / "data")
     write_image(data.images_dir / folder / "mask1.jpg")
-    line = _cli_error(capsys, "index", str(data.root), "-o", str(tmp_path / "i.parquet"))
+    line = cli_error(capsys, "index", str(data.root), "-o", str(tmp_path / "i.parquet"))
     assert repr(folder) in line and "--skip-bad-profiles" in line
 
 
@@ -129,7 +121,7 @@ def test_folder_disagreeing_with_train_csv_is_an_error(tmp_path, capsys, row, pr
     data = make_dataset(tmp_path / "data", train_csv=False)
     others = [f for f in DEFAULT_FOLDERS if f != F45]
     write_train_csv(data.root / "train" / "train.csv", others, rows=[f"{row},{F45}"])
-    line = _cli_error(capsys, "index", str(data.root), "-o", str(tmp_path / "i.parquet"))
+    line = cli_error(capsys, "index", str(data.root), "-o", str(tmp_path / "i.parquet"))
     assert repr(F45) in line and "train.csv" in line and problem in line
 
 
@@ -147,7 +139,7 @@ def test_folder_disagreeing_with_train_csv_is_skipped_on_request(tmp_path):
 def test_malformed_train_csv_is_an_error_naming_it(tmp_path, capsys, text):
     data = make_dataset(tmp_path / "data")
     (data.root / "train" / "train.csv").write_bytes(text.encode("latin-1"))
-    line = _cli_error(capsys, "index", str(data.root), "-o", str(tmp_path / "i.parquet"))
+    line = cli_error(capsys, "index", str(data.root), "-o", str(tmp_path / "i.parquet"))
     assert "train.csv" in line
 
 
@@ -204,7 +196,7 @@ def test_info_csv_listing_a_missing_image(tmp_path, capsys):
     data = make_dataset(tmp_path / "data", eval_images=2)
     with open(data.root / "eval" / "info.csv", "a") as handle:
         handle.write("deadbeef.jpg,0\n")
-    line = _cli_error(capsys, "index", str(data.root), "-o", str(tmp_path / "i.parquet"))
+    line = cli_error(capsys, "index", str(data.root), "-o", str(tmp_path / "i.parquet"))
     assert "deadbeef.jpg" in line and "info.csv" in line and "add the files or remove their rows" in line
     assert not (tmp_path / "i.parquet").exists()
 
@@ -213,7 +205,7 @@ def test_info_csv_with_duplicated_image_ids(tmp_path, capsys):
     data = make_dataset(tmp_path / "data", eval_images=3)
     with open(data.root / "eval" / "info.csv", "a") as handle:
         handle.write(f"{data.eval_ids[1]},0\n")
-    line = _cli_error(capsys, "index", str(data.root), "-o", str(tmp_path / "i.parquet"))
+    line = cli_error(capsys, "index", str(data.root), "-o", str(tmp_path / "i.parquet"))
     assert data.eval_ids[1] in line and "more than once" in line
 
 
@@ -239,5 +231,5 @@ def test_index_eval_on_a_root_without_eval(tmp_path):
 
 def test_bad_val_fraction_through_the_cli(tmp_path, capsys):
     data = make_dataset(tmp_path / "data")
-    line = _cli_error(capsys, "index", str(data.root), "-o", str(tmp_path / "i.parquet"), "--val-fraction", "1.5")
+    line = cli_error(capsys, "index", str(data.root), "-o", str(tmp_path / "i.parquet"), "--val-fraction", "1.5")
     assert "val_fraction" in line

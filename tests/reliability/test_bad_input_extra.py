@@ -13,11 +13,10 @@ import time
 from pathlib import Path
 
 import pytest
+from cli_helpers import cli_error
 from datafactory import make_dataset, write_huge_png_header
 
-from maskpipe import storage
 from maskpipe.checkpoint import META_FILE, WEIGHTS_FILE, save_checkpoint, save_state
-from maskpipe.cli import main
 from maskpipe.config import load_config
 from maskpipe.data.index import build_index
 from maskpipe.models import create_model
@@ -26,24 +25,9 @@ ACCESS = "FAKEACCESS-extra-test-31d0"
 SECRET = "fakeSecret-extra-test-77c4"
 
 
-def cli_error(capsys, *argv: str) -> str:
-    """Run the CLI, expect exit code 2 and one error line without a traceback; return it."""
-    code = main(list(argv))
-    captured = capsys.readouterr()
-    assert code == 2, captured.err
-    assert "Traceback" not in captured.err + captured.out
-    lines = [line for line in captured.err.splitlines() if ": error: " in line]
-    assert len(lines) == 1, captured.err
-    return lines[0]
 
 
-@pytest.fixture(autouse=True)
-def _fresh_clients():
-    storage._clients.clear()
-    storage._verified_buckets.clear()
-    yield
-    storage._clients.clear()
-    storage._verified_buckets.clear()
+pytestmark = pytest.mark.usefixtures("fresh_storage_clients")
 
 
 def _free_port() -> int:

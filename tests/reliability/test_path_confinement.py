@@ -10,25 +10,16 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
+from cli_helpers import cli_error
 from datafactory import DEFAULT_FOLDERS, make_dataset, write_image
 
 from maskpipe import storage
-from maskpipe.cli import main
 from maskpipe.data.index import build_index, index_eval, read_index, write_frame
 from maskpipe.errors import DataLayoutError, StorageError
 
 F45 = DEFAULT_FOLDERS[0]
 
 
-def cli_error(capsys, *argv: str) -> str:
-    """Run the CLI, expect exit code 2 and one error line without a traceback; return it."""
-    code = main(list(argv))
-    captured = capsys.readouterr()
-    assert code == 2, captured.err
-    assert "Traceback" not in captured.err + captured.out
-    lines = [line for line in captured.err.splitlines() if ": error: " in line]
-    assert len(lines) == 1, captured.err
-    return lines[0]
 
 
 # ---------------------------------------------------------------------------- info.csv ImageIDs

@@ -23,14 +23,7 @@ ACCESS = "FAKEACCESS-sec-test-5be1c2"
 SECRET = "fakeSecret/sec-test+a07d93"
 
 
-@pytest.fixture(autouse=True)
-def _fresh_clients():
-    # clients and verified buckets are cached per process; each test brings its own keys
-    storage._clients.clear()
-    storage._verified_buckets.clear()
-    yield
-    storage._clients.clear()
-    storage._verified_buckets.clear()
+pytestmark = pytest.mark.usefixtures("fresh_storage_clients")
 
 
 # The loopback server and the boto3 set-up calls run in this process too; what they log is the
