@@ -32,7 +32,8 @@ DECLARED_OUTPUTS = {
 @pytest.fixture(scope="module")
 def local_run(tmp_path_factory) -> pipeline.LocalRun:
     root = tmp_path_factory.mktemp("e2e")
-    generate(root / "data", people=30, eval_people=8, seed=3)
+    # The size the smoke recipe was tuned on (docs/presets.md): fewer people do not generalise.
+    generate(root / "data", people=90, eval_people=12, seed=0)
     arguments = {
         "data_root": str(root / "data"),
         "preset": "smoke",
@@ -41,7 +42,7 @@ def local_run(tmp_path_factory) -> pipeline.LocalRun:
         "learning_rate": 0.0,
         "architecture": "",
         "image_size": "",
-        "val_fraction": 0.2,
+        "val_fraction": 0.1,  # a few validation people, so the ensemble also scores them
         "seed": 42,
         "tta": False,
         "overrides": [],
@@ -69,10 +70,10 @@ def test_submission_has_one_valid_row_per_info_csv_row(local_run):
 def test_submission_scores_well_above_chance(local_run):
     truth = pd.read_csv(local_run.scores["truth"])
     chance = chance_macro_f1(truth["ans"].to_numpy())
-    # Measured: about 2x chance for the smoke preset on 30 synthetic people; the mask task, the
-    # easiest, must clearly beat its three-class chance (1/3) on its own.
-    assert local_run.scores["macro_f1"] > 1.5 * chance, (local_run.scores["macro_f1"], chance)
-    assert local_run.scores["tasks"]["mask"]["macro_f1"] > 0.45, local_run.scores["tasks"]
+    # Measured on 90 people: 18-class macro-F1 0.5-0.67 against a chance of ~0.06 (docs/presets.md);
+    # the mask task, the easiest, must be close to perfect on its own.
+    assert local_run.scores["macro_f1"] > 4 * chance, (local_run.scores["macro_f1"], chance)
+    assert local_run.scores["tasks"]["mask"]["macro_f1"] > 0.85, local_run.scores["tasks"]
     assert json.loads((local_run.output_dir / "scores.json").read_text())["macro_f1"] == pytest.approx(
         local_run.scores["macro_f1"]
     )
