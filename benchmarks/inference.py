@@ -35,7 +35,7 @@ from PIL import Image
 from maskpipe.checkpoint import load_checkpoint, save_checkpoint
 from maskpipe.config import load_config
 from maskpipe.data.transforms import hwc_float_to_chw, original_eval_transform
-from maskpipe.ensemble import combine_classes, load_task_models, predict_probs, resolve_device
+from maskpipe.ensemble import classes_from_probs, load_task_models, predict_probs, resolve_device
 from maskpipe.errors import MaskpipeError
 from maskpipe.labels import NUM_CLASSES, TASKS, encode_class
 from maskpipe.models import create_model
@@ -177,7 +177,7 @@ def batched(
         device=device,
         amp=bool(args.bf16),
     )
-    return combine_classes(*(probs[task].argmax(axis=1) for task in TASKS))
+    return classes_from_probs(probs)
 
 
 def timed(func, *func_args) -> tuple[np.ndarray, float]:

@@ -109,16 +109,11 @@ def predict_submission(
     # Checkpoints first: a wrong folder fails in seconds, before any image is read.
     loaded = load_task_models(checkpoints, torch_device)
     frame, root = _eval_frame(data, data_root, cache_dir)
-    probs = predict_probs(
-        loaded,
-        localize_paths(root, frame["path"].tolist(), cache_dir),
-        tta=tta,
-        batch_size=batch_size,
-        num_workers=num_workers,
-        device=torch_device,
-        amp=amp,
-    )
-    classes = combine_classes(*(probs[task].argmax(axis=1) for task in TASKS))
+    probs = _rows_probs(
+        loaded, root, frame, cache_dir,
+        tta=tta, batch_size=batch_size, num_workers=num_workers, device=torch_device, amp=amp,
+    )  # fmt: skip
+    classes = classes_from_probs(probs)
     submission = pd.DataFrame({"ImageID": frame["image_id"].astype(str).to_numpy(), "ans": classes})
     out_csv = Path(out_csv)
     write_text(out_csv, submission.to_csv(index=False))
@@ -153,15 +148,26 @@ def predict_classes(
         raise DataLayoutError(f"the frame needs a 'path' column; it has {list(frame.columns)}")
     torch_device = resolve_device(device)
     loaded = load_task_models(checkpoints, torch_device)
-    probs = predict_probs(
-        loaded,
-        localize_paths(data_root, frame["path"].tolist(), cache_dir),
-        tta=tta,
-        batch_size=batch_size,
-        num_workers=num_workers,
-        device=torch_device,
-        amp=amp,
-    )
+    probs = _rows_probs(
+        loaded, data_root, frame, cache_dir,
+        tta=tta, batch_size=batch_size, num_workers=num_workers, device=torch_device, amp=amp,
+    )  # fmt: skip
+    return classes_from_probs(probs)
+
+
+def _rows_probs(
+    loaded: Mapping[str, LoadedCheckpoint],
+    root: str,
+    frame: pd.DataFrame,
+    cache_dir: str | Path | None,
+    **options: Any,
+) -> dict[str, np.ndarray]:
+    """Per-task probabilities for the images of ``frame['path']`` under ``root``."""
+    return predict_probs(loaded, localize_paths(root, frame["path"].tolist(), cache_dir), **options)
+
+
+def classes_from_probs(probs: Mapping[str, np.ndarray]) -> np.ndarray:
+    """18-class ids from per-task probabilities: the argmax of each task, combined."""
     return combine_classes(*(probs[task].argmax(axis=1) for task in TASKS))
 
 
