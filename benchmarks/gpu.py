@@ -217,7 +217,7 @@ def real_epoch(args: argparse.Namespace, work_dir: Path, device: torch.device) -
     from timm.optim import AdamP
 
     from maskpipe.data.index import build_index
-    from maskpipe.data.transforms import add_batch_noise_, normalize_to_tensor
+    from maskpipe.data.transforms import BatchNormalizer
     from maskpipe.train import build_task_data
 
     photos = work_dir / "photos"
@@ -240,7 +240,8 @@ def real_epoch(args: argparse.Namespace, work_dir: Path, device: torch.device) -
     model = create_model(ARCH, NUM_CLASSES[TASK], pretrained=False).to(device, memory_format=torch.channels_last)
     optimizer = AdamP(model.parameters(), lr=1e-4, weight_decay=1e-5)
     model.train()
-    d = config.data
+    # What the training loop does to each uint8 batch: normalise, then the batched noise.
+    normalize = BatchNormalizer(config.data.mean, config.data.std, channels_last=True, noise="noise" in config.data.augs)
 
     def epoch(sampler: UtilisationSampler | None) -> tuple[int, float, float]:
         images_seen, wait, began = 0, 0.0, time.perf_counter()
@@ -249,9 +250,7 @@ def real_epoch(args: argparse.Namespace, work_dir: Path, device: torch.device) -
             sampler.start()
         for images, labels in data.train_loader:
             wait += time.perf_counter() - fetched
-            images = normalize_to_tensor(images.to(device, non_blocking=True), d.mean, d.std, channels_last=True)
-            if "noise" in d.augs:  # what the training loop adds to the normalised batch
-                add_batch_noise_(images)
+            images = normalize(images.to(device, non_blocking=True), train=True)
             labels = labels.to(device, non_blocking=True)
             with autocast(True):
                 loss = F.cross_entropy(model(images).float(), labels)
@@ -270,7 +269,7 @@ def real_epoch(args: argparse.Namespace, work_dir: Path, device: torch.device) -
     return {
         "images": images_seen, "rate": images_seen / seconds, "utilisation": utilisation,
         "wait_share": wait / seconds, "setup_s": setup_s, "source": sampler.source,
-        "workers": data.train_loader.num_workers, "size": d.input_size,
+        "workers": data.train_loader.num_workers, "size": config.data.input_size,
     }
 
 

@@ -289,6 +289,12 @@ class _Run:
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
         self.amp = self.device.type == "cuda" and config.train.amp
+        from maskpipe.data.transforms import BatchNormalizer
+
+        self.normalizer = BatchNormalizer(
+            config.data.mean, config.data.std, channels_last=self.channels_last,
+            noise="noise" in config.data.augs,
+        )  # fmt: skip
         self.optimizer = make_optimizer(self.model, config)
         self.steps_per_epoch = math.ceil(len(self.data.train_loader) / config.train.grad_accum)
         self.scheduler = make_scheduler(self.optimizer, config, self.steps_per_epoch)
@@ -431,17 +437,13 @@ class _Run:
         return self._metrics(torch.cat(targets), torch.cat(preds), sum(losses), "val")
 
     def _to_device(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        from maskpipe.data.transforms import add_batch_noise_, normalize_to_tensor
-
         non_blocking = self.device.type == "cuda"
         images = images.to(self.device, non_blocking=non_blocking)
         if images.dtype == torch.uint8:
-            data = self.config.data
-            images = normalize_to_tensor(images, data.mean, data.std, channels_last=self.channels_last)
             # The fast path's per-image list leaves the noise to the normalised batch (train
-            # batches only: evaluate() puts the model in eval mode).
-            if self.model.training and "noise" in data.augs:
-                add_batch_noise_(images)
+            # batches only: evaluate() puts the model in eval mode). The normaliser reuses its
+            # CPU buffer: the previous batch is done with once its backward has run.
+            images = self.normalizer(images, train=self.model.training)
         elif self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         return images, labels.to(self.device, non_blocking=non_blocking)

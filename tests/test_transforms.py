@@ -125,14 +125,67 @@ def test_normalize_to_tensor_cpu_and_torch_kernels_equal_the_formula(channels_la
     batch = torch.randint(0, 256, (3, 17, 11, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     batch[0, 0, 0] = torch.tensor([0, 255, 128], dtype=torch.uint8)  # both ends of the range
     expected = _reference_normalised(batch)
-    for out in (
-        T.normalize_to_tensor(batch, MEAN, STD, channels_last=channels_last),
-        T._normalize_torch(batch, MEAN, STD, channels_last),  # the kernel used off the CPU
-    ):
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    torch_out = torch.full((3, 3, 17, 11), float("nan")).contiguous(memory_format=layout)
+    T._normalize_torch(batch, MEAN, STD, torch_out)  # the kernel used off the CPU
+    for out in (T.normalize_to_tensor(batch, MEAN, STD, channels_last=channels_last), torch_out):
         assert out.shape == (3, 3, 17, 11) and out.dtype == torch.float32
         assert torch.allclose(out, expected, atol=1e-5, rtol=0)
-        layout = torch.channels_last if channels_last else torch.contiguous_format
         assert out.is_contiguous(memory_format=layout)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_normalize_to_tensor_writes_into_out(channels_last):
+    batch = torch.randint(0, 256, (4, 9, 7, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    out = torch.full((4, 3, 9, 7), float("nan")).contiguous(memory_format=layout)
+    result = T.normalize_to_tensor(batch, MEAN, STD, channels_last=channels_last, out=out)
+    assert result.data_ptr() == out.data_ptr()
+    assert torch.allclose(out, _reference_normalised(batch), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize(
+    "out",
+    [
+        torch.empty(4, 3, 9, 8),  # wrong shape
+        torch.empty(4, 3, 9, 7, dtype=torch.float64),  # wrong dtype
+        torch.empty(4, 3, 9, 7).contiguous(memory_format=torch.channels_last),  # wrong layout
+    ],
+)
+def test_normalize_to_tensor_rejects_an_out_it_cannot_fill(out):
+    with pytest.raises(ValueError, match="out= must be float32"):
+        T.normalize_to_tensor(torch.zeros(4, 9, 7, 3, dtype=torch.uint8), MEAN, STD, out=out)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_batch_normalizer_reuses_one_cpu_buffer_across_batches(channels_last):
+    gen = torch.Generator().manual_seed(3)
+    normalize = T.BatchNormalizer(MEAN, STD, channels_last=channels_last)
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    first = torch.randint(0, 256, (5, 8, 6, 3), dtype=torch.uint8, generator=gen)
+    last = torch.randint(0, 256, (2, 8, 6, 3), dtype=torch.uint8, generator=gen)  # a short last batch
+    a = normalize(first)
+    assert torch.allclose(a, _reference_normalised(first), atol=1e-5, rtol=0)
+    b = normalize(last)
+    assert b.data_ptr() == a.data_ptr() and b.shape == (2, 3, 8, 6)
+    assert b.is_contiguous(memory_format=layout)
+    assert torch.allclose(b, _reference_normalised(last), atol=1e-5, rtol=0)
+    bigger = normalize(torch.zeros(6, 8, 6, 3, dtype=torch.uint8))  # more rows: a new buffer
+    assert bigger.shape == (6, 3, 8, 6)
+    resized = normalize(torch.zeros(2, 4, 6, 3, dtype=torch.uint8))  # another size: a new buffer
+    assert resized.shape == (2, 3, 4, 6)
+    assert normalize(first[0]).shape == (3, 8, 6)  # single images are not buffered
+
+
+def test_batch_normalizer_adds_noise_to_training_batches_only():
+    batch = torch.full((64, 8, 6, 3), 128, dtype=torch.uint8)
+    clean = T.normalize_to_tensor(batch, MEAN, STD)
+    noisy = T.BatchNormalizer(MEAN, STD, noise=True, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(noisy(batch, train=False), clean)
+    changed = (noisy(batch, train=True) != clean).flatten(1).any(1)
+    assert 0 < int(changed.sum()) < 64  # each image with probability AUG_P
+    quiet = T.BatchNormalizer(MEAN, STD, noise=False)
+    assert torch.equal(quiet(batch, train=True), clean)
 
 
 def test_normalize_to_tensor_accepts_a_strided_view_and_numpy():

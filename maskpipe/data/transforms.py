@@ -83,26 +83,53 @@ def normalize_to_tensor(
     std: Sequence[float],
     *,
     channels_last: bool = False,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """uint8 (N,H,W,3) -> float32 (N,3,H,W), or (H,W,3) -> (3,H,W): ``(x/255 - mean) / std``.
 
     Works on whatever device the tensor is on, so a batch can be normalised on the GPU after a
     cheap uint8 transfer. ``channels_last`` keeps the NHWC memory layout (a free permute).
     Each element is read and written once: on the CPU through OpenCV's vectorised kernels, on
-    other devices as one strided copy plus two in-place ops.
+    other devices as one strided copy plus two in-place ops. ``out`` (batches only): a float32
+    (N,3,H,W) tensor on the same device, in the memory format ``channels_last`` asks for, to
+    write into instead of allocating (see :class:`BatchNormalizer`).
     """
     x = torch.as_tensor(batch_uint8)
     if x.dtype != torch.uint8 or x.shape[-1] != 3 or x.ndim not in (3, 4):
         raise ValueError(f"expected uint8 (N,H,W,3) or (H,W,3), got {x.dtype} {tuple(x.shape)}")
     single = x.ndim == 3
     if single:
+        if out is not None:
+            raise ValueError("out= is for (N,H,W,3) batches, not a single image")
         x = x.unsqueeze(0)
     nhwc = channels_last and not single
-    if x.device.type == "cpu":
-        out = _normalize_cpu(x, mean, std, nhwc)
+    if out is None:
+        fmt = torch.channels_last if nhwc else torch.contiguous_format
+        n, h, w, _ = x.shape
+        out = torch.empty((n, 3, h, w), dtype=torch.float32, device=x.device, memory_format=fmt)
     else:
-        out = _normalize_torch(x, mean, std, nhwc)
+        _check_out(out, x, nhwc)
+    if x.device.type == "cpu":
+        _normalize_cpu(x, mean, std, nhwc, out)
+    else:
+        _normalize_torch(x, mean, std, out)
     return out[0] if single else out
+
+
+def _check_out(out: torch.Tensor, x: torch.Tensor, channels_last: bool) -> None:
+    n, h, w, _ = x.shape
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    if (
+        out.dtype != torch.float32
+        or tuple(out.shape) != (n, 3, h, w)
+        or out.device != x.device
+        or not out.is_contiguous(memory_format=fmt)
+    ):
+        raise ValueError(
+            f"out= must be float32 {(n, 3, h, w)} on {x.device}, "
+            f"{'channels-last' if channels_last else 'contiguous'}; got {out.dtype} "
+            f"{tuple(out.shape)} on {out.device}"
+        )
 
 
 def _scale_shift(mean: Sequence[float], std: Sequence[float]) -> tuple[list[float], list[float]]:
@@ -114,38 +141,80 @@ def _scale_shift(mean: Sequence[float], std: Sequence[float]) -> tuple[list[floa
     return scale, shift
 
 
-def _normalize_cpu(x: torch.Tensor, mean, std, channels_last: bool) -> torch.Tensor:
+def _normalize_cpu(x: torch.Tensor, mean, std, channels_last: bool, out: torch.Tensor) -> None:
+    # A uint8 channel has 256 values: look up each one's normalised float in a per-channel
+    # table (cv2.LUT), so each element is read once and written once, with no arithmetic.
     scale, shift = _scale_shift(mean, std)
-    n, h, w, _ = x.shape
+    table = np.arange(256, dtype=np.float32)[:, None] * np.float32(scale) + np.float32(shift)  # (256, 3)
     images = x.numpy()
     if channels_last:
-        # NHWC memory: one float conversion, then a per-pixel 3x4 affine map.
-        out = torch.empty((n, h, w, 3), dtype=torch.float32)
-        matrix = np.zeros((3, 4), np.float32)
-        matrix[[0, 1, 2], [0, 1, 2]] = scale
-        matrix[:, 3] = shift
-        dst = out.numpy()
-        for i in range(n):
-            cv2.transform(np.ascontiguousarray(images[i]).astype(np.float32), matrix, dst=dst[i])
-        return out.permute(0, 3, 1, 2)
-    # Planar NCHW: de-interleave the uint8 image, then one scaled conversion per plane.
-    out = torch.empty((n, 3, h, w), dtype=torch.float32)
+        # NHWC memory: one 3-channel lookup per image.
+        lut = np.ascontiguousarray(table.reshape(1, 256, 3))
+        dst = out.permute(0, 2, 3, 1).numpy()
+        for i in range(len(images)):
+            cv2.LUT(np.ascontiguousarray(images[i]), lut, dst=dst[i])
+        return
+    # Planar NCHW: de-interleave the uint8 image, then one lookup per plane.
+    luts = [np.ascontiguousarray(table[:, c].reshape(1, 256)) for c in range(3)]
     dst = out.numpy()
-    for i in range(n):
+    for i in range(len(images)):
         for c, plane in enumerate(cv2.split(np.ascontiguousarray(images[i]))):
-            cv2.addWeighted(plane, scale[c], plane, 0.0, shift[c], dst=dst[i, c], dtype=cv2.CV_32F)
-    return out
+            cv2.LUT(plane, luts[c], dst=dst[i, c])
 
 
-def _normalize_torch(x: torch.Tensor, mean, std, channels_last: bool) -> torch.Tensor:
+def _normalize_torch(x: torch.Tensor, mean, std, out: torch.Tensor) -> None:
     scale, shift = _scale_shift(mean, std)
-    n, h, w, _ = x.shape
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    out = torch.empty((n, 3, h, w), dtype=torch.float32, device=x.device, memory_format=fmt)
     out.copy_(x.permute(0, 3, 1, 2))
     out.mul_(torch.tensor(scale, device=x.device).view(1, 3, 1, 1))
     out.add_(torch.tensor(shift, device=x.device).view(1, 3, 1, 1))
-    return out
+
+
+class BatchNormalizer:
+    """The last step of the fast input path, shared by training, inference and the benchmarks:
+    uint8 (N,H,W,3) batch -> normalised float32 (N,3,H,W) on its device, plus the batched
+    Gaussian noise (:func:`add_batch_noise_`) for training batches when ``noise`` is on.
+
+    On the CPU the float batch is written into one buffer kept across calls: allocating a fresh
+    one each step cost more than the normalisation itself (the kernel zero-fills every page of
+    a large new allocation; measured in ``benchmarks/input.py``). **The tensor returned by a
+    call is overwritten by the next one**: the caller must be done with it, which a training
+    step is once its backward has run. On other devices the caching allocator already reuses
+    memory and nothing is kept.
+    """
+
+    def __init__(
+        self,
+        mean: Sequence[float],
+        std: Sequence[float],
+        *,
+        channels_last: bool = False,
+        noise: bool = False,
+        generator: torch.Generator | None = None,
+    ):
+        _scale_shift(mean, std)  # validate early
+        self.mean, self.std = tuple(mean), tuple(std)
+        self.channels_last = channels_last
+        self.noise = noise
+        self.generator = generator
+        self._buffer: torch.Tensor | None = None
+
+    def __call__(self, batch_uint8: torch.Tensor, *, train: bool = False) -> torch.Tensor:
+        x = torch.as_tensor(batch_uint8)
+        out = self._out(x) if x.ndim == 4 and x.device.type == "cpu" else None
+        images = normalize_to_tensor(x, self.mean, self.std, channels_last=self.channels_last, out=out)
+        if train and self.noise:
+            add_batch_noise_(images, generator=self.generator)
+        return images
+
+    def _out(self, x: torch.Tensor) -> torch.Tensor:
+        n, h, w, _ = x.shape
+        buffer = self._buffer
+        if buffer is None or buffer.shape[0] < n or tuple(buffer.shape[2:]) != (h, w):
+            fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+            buffer = torch.empty((n, 3, h, w), dtype=torch.float32, memory_format=fmt)
+            self._buffer = buffer
+        # A leading slice keeps the memory format of either layout (a shorter last batch).
+        return buffer[:n]
 
 
 def add_batch_noise_(
