@@ -73,6 +73,28 @@ def test_truncated_jpeg_is_rejected_even_when_another_library_allows_truncation(
     assert ImageFile.LOAD_TRUNCATED_IMAGES is True  # the caller's setting is restored
 
 
+def test_truncated_jpegs_are_rejected_by_every_decoding_thread(tmp_path, monkeypatch):
+    # Inference and the image cache decode in threads: one thread leaving the strict section
+    # must not switch truncated loading back on under another one still decoding.
+    from concurrent.futures import ThreadPoolExecutor
+
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)
+    good = write_image(tmp_path / "good.jpg", size=(256, 256))
+    cut = truncate(write_image(tmp_path / "cut.jpg", size=(256, 256)), keep=0.7)
+
+    def outcome(path):
+        try:
+            load_rgb(path)
+            return "ok"
+        except ImageDecodeError:
+            return "rejected"
+
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(outcome, [good, cut] * 40))
+    assert results == ["ok", "rejected"] * 40
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is True
+
+
 def test_decode_errors_survive_pickling_across_processes(tmp_path):
     import pickle
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 import warnings
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -57,19 +58,37 @@ def has_image_extension(name: str) -> bool:
     return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
+# _strict_pil switches process-wide settings; decoding threads share one switch-over, made by
+# the first to enter and undone by the last to leave.
+_strict_lock = threading.Lock()
+_strict_users = 0
+_strict_saved: tuple[bool, warnings.catch_warnings] | None = None
+
+
 @contextlib.contextmanager
 def _strict_pil() -> Iterator[None]:
     # Another library in the process may have switched truncated loading on; force it off
-    # while decoding and restore the caller's setting afterwards.
-    previous = ImageFile.LOAD_TRUNCATED_IMAGES
-    ImageFile.LOAD_TRUNCATED_IMAGES = False
-    try:
-        with warnings.catch_warnings():
-            # We apply our own pixel limit below; PIL's warning would only be noise.
+    # while decoding and restore the caller's setting afterwards. We apply our own pixel limit
+    # below; PIL's DecompressionBombWarning would only be noise.
+    global _strict_users, _strict_saved
+    with _strict_lock:
+        if _strict_users == 0:
+            caught = warnings.catch_warnings()
+            caught.__enter__()
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            yield
+            _strict_saved = (ImageFile.LOAD_TRUNCATED_IMAGES, caught)
+            ImageFile.LOAD_TRUNCATED_IMAGES = False
+        _strict_users += 1
+    try:
+        yield
     finally:
-        ImageFile.LOAD_TRUNCATED_IMAGES = previous
+        with _strict_lock:
+            _strict_users -= 1
+            if _strict_users == 0 and _strict_saved is not None:
+                previous, caught = _strict_saved
+                _strict_saved = None
+                ImageFile.LOAD_TRUNCATED_IMAGES = previous
+                caught.__exit__(None, None, None)
 
 
 def _open_checked(path: Path) -> Image.Image:
