@@ -18,14 +18,16 @@ venv: $(VENV)/.installed
 
 # The whole pipeline through kfp.local on a synthetic set (smoke preset, CPU, ~5 min on 2 cores):
 # prints the scores against the synthetic truth and the path of submission.csv. Data are made
-# once. Every person trains (val fraction 0): on 90 people a 20 % hold-out costs ~0.16 macro-F1
-# (docs/presets.md); scoring uses the unseen eval people.
+# once per size (the folder name holds the people counts, so another DEMO_PEOPLE makes a new
+# set instead of reusing the old one). Every person trains (val fraction 0): on 90 people a
+# 20 % hold-out costs ~0.16 macro-F1 (docs/presets.md); scoring uses the unseen eval people.
 DEMO_PEOPLE ?= 90
 DEMO_EVAL_PEOPLE ?= 30
+DEMO_DATA := $(DEMO_DIR)/data-$(DEMO_PEOPLE)-people-$(DEMO_EVAL_PEOPLE)-eval
 demo: venv
-	test -f $(DEMO_DIR)/data/eval_truth.csv || \
-		$(VENV)/bin/maskpipe synth $(DEMO_DIR)/data --people $(DEMO_PEOPLE) --eval-people $(DEMO_EVAL_PEOPLE)
-	$(PY) pipeline.py run-local --data $(DEMO_DIR)/data --preset smoke --val-fraction 0 \
+	test -f $(DEMO_DATA)/eval_truth.csv || \
+		$(VENV)/bin/maskpipe synth $(DEMO_DATA) --people $(DEMO_PEOPLE) --eval-people $(DEMO_EVAL_PEOPLE)
+	$(PY) pipeline.py run-local --data $(DEMO_DATA) --preset smoke --val-fraction 0 \
 		--output-dir $(DEMO_DIR)
 
 test: venv

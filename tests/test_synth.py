@@ -107,6 +107,21 @@ def test_refuses_a_folder_it_did_not_write_and_regenerates_its_own(tmp_path):
     assert len(list((tmp_path / "own" / "eval" / "images").iterdir())) == 7
 
 
+def test_a_run_killed_half_way_is_regenerated_on_rerun(tmp_path, monkeypatch):
+    import maskpipe.data.synth as synth
+
+    def killed(*_args, **_kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(synth, "_write_eval", killed)
+    with pytest.raises(KeyboardInterrupt):
+        generate(tmp_path / "data", people=2, eval_people=1, size=SMALL)
+    assert (tmp_path / "data" / "train").is_dir() and not (tmp_path / "data" / "eval_truth.csv").exists()
+    monkeypatch.undo()
+    generate(tmp_path / "data", people=2, eval_people=1, size=SMALL)
+    assert (tmp_path / "data" / "eval_truth.csv").is_file()
+
+
 @pytest.mark.parametrize(("people", "size"), [(0, SMALL), (1, (8, 8))])
 def test_bad_arguments_are_clear_errors(tmp_path, people, size):
     with pytest.raises(MaskpipeError):

@@ -128,6 +128,10 @@ def generate(
     width, height = _check_args(people, eval_people, size)
     out = Path(out_dir)
     _prepare_out(out)
+    # Claim the folder before writing into it: a run killed half-way leaves a folder that the
+    # next run may regenerate, not one it refuses as someone else's data.
+    marker = {"people": people, "eval_people": eval_people, "seed": seed}
+    write_text(out / MARKER, json.dumps({**marker, "complete": False}) + "\n")
     seeds = np.random.SeedSequence(seed).spawn(4)
     ids = _ids(np.random.default_rng(seeds[0]), people + eval_people)
     person_seeds = seeds[1].spawn(people + eval_people)
@@ -140,7 +144,7 @@ def generate(
     if quirks:
         _write_hidden_files(out, train_people)
     eval_count = _write_eval(out, eval_set, painter, np.random.default_rng(seeds[3])) if eval_set else 0
-    write_text(out / MARKER, json.dumps({"people": people, "eval_people": eval_people, "seed": seed}) + "\n")
+    write_text(out / MARKER, json.dumps({**marker, "complete": True}) + "\n")
 
     ages = [labels.age_label(p.age) for p in train_people]
     return SynthSummary(
