@@ -2,9 +2,10 @@
 
 How this differs from the competition's loop (one image at a time, one ``.item()`` per model):
 
-* every image is decoded once, in DataLoader workers, and cropped/resized there to each input
-  size the checkpoints need (uint8, so batches are small to move); models that share a size
-  share the batch;
+* every image is decoded once and cropped/resized to each input size the checkpoints need
+  (uint8, so batches are small to move); models that share a size share the batch. On the CPU
+  a pool of threads decodes each batch, taking turns with the forward passes; on a GPU,
+  DataLoader worker processes decode ahead of it;
 * each checkpoint is run with its *own* saved preprocessing (crop, input size, mean/std from
   ``checkpoint.json``), normalised after the uint8 transfer, channels-last, under
   ``torch.inference_mode`` and, on CUDA, bf16 autocast;
@@ -21,7 +22,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -99,7 +100,7 @@ def predict_submission(
         tta: average the probabilities of each image and its horizontal flip.
         probs_path: also write per-task probabilities (parquet) for later ensembling.
         batch_size: images per forward pass (TTA doubles what the model sees).
-        num_workers: decoding workers; None chooses from the CPU count.
+        num_workers: decoding threads (CPU) or worker processes (GPU); None: the CPU count.
         device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
         cache_dir: local cache for ``s3://`` images.
         amp: bf16 autocast; None means on for CUDA, off for CPU.
@@ -246,11 +247,14 @@ def localize_paths(root: str, rel_paths: list[str], cache_dir: str | Path | None
     return localize(root, rel_paths, Path(cache_dir) if cache_dir is not None else None)
 
 
-def default_num_workers(images: int, batch_size: int) -> int:
-    """Decoding workers: the CPU cores (at most 8), none for a batch or two of images, where
-    starting worker processes costs more than it saves."""
+def default_num_workers(images: int, batch_size: int, device: torch.device | None = None) -> int:
+    """Decoders: on the CPU one thread per core (at most 8); elsewhere one worker process per
+    core (at most 8), none for a batch or two of images, where starting worker processes costs
+    more than it saves."""
     from maskpipe.data.images import default_workers
 
+    if device is not None and device.type == "cpu":
+        return min(default_workers(), MAX_DEFAULT_WORKERS)
     if images <= 2 * batch_size:
         return 0
     return min(default_workers(), MAX_DEFAULT_WORKERS)
@@ -297,26 +301,61 @@ def checkpoint_view(checkpoint: LoadedCheckpoint) -> View:
     return checkpoint.crop_size, checkpoint.input_size
 
 
+class ThreadedBatches:
+    """Batches of :class:`EvalImages` decoded by a pool of ``threads`` in this process, one
+    batch at a time: the CPU path.
+
+    On the CPU the forward passes need every core, and DataLoader worker processes decoding
+    beside them take cores from the torch threads (the slower of the two paths in
+    ``benchmarks/inference.py``). Here decoding (PIL and OpenCV release the GIL) and the
+    forward passes take turns, each with all cores. ``threads=0`` decodes serially.
+    """
+
+    def __init__(self, dataset: EvalImages, batch_size: int, threads: int) -> None:
+        self.dataset, self.batch_size, self.num_workers = dataset, batch_size, threads
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.dataset) / self.batch_size)
+
+    def __iter__(self) -> Iterator[list[torch.Tensor] | str]:
+        from concurrent.futures import ThreadPoolExecutor
+
+        n, step = len(self.dataset), self.batch_size
+        starts = range(0, n, step)
+        if self.num_workers == 0:
+            for start in starts:
+                yield collate_views([self.dataset[i] for i in range(start, min(start + step, n))])
+            return
+        with ThreadPoolExecutor(self.num_workers, thread_name_prefix="decode") as pool:
+            for start in starts:
+                yield collate_views(list(pool.map(self.dataset.__getitem__, range(start, min(start + step, n)))))
+
+
 def make_loader(
     paths: Sequence[str | Path],
     views: Sequence[View],
     *,
     batch_size: int,
     num_workers: int | None,
-    pin_memory: bool = False,
-) -> torch.utils.data.DataLoader:
+    device: torch.device = torch.device("cpu"),
+) -> torch.utils.data.DataLoader | ThreadedBatches:
+    """Decoded, collated batches in ``paths`` order: decoding threads taking turns with the
+    forward passes on the CPU (:class:`ThreadedBatches`), worker processes that run ahead
+    of the device elsewhere."""
     if batch_size < 1:
         raise MaskpipeError(f"batch size must be >= 1, got {batch_size}")
-    workers = default_num_workers(len(paths), batch_size) if num_workers is None else num_workers
+    workers = default_num_workers(len(paths), batch_size, device) if num_workers is None else num_workers
     if workers < 0:
         raise MaskpipeError(f"workers must be >= 0, got {workers}")
+    if device.type == "cpu":
+        return ThreadedBatches(EvalImages(paths, views), batch_size, workers)
     return torch.utils.data.DataLoader(
         EvalImages(paths, views),
         batch_size=batch_size,
         shuffle=False,
         num_workers=workers,
         collate_fn=collate_views,
-        pin_memory=pin_memory,
+        pin_memory=device.type == "cuda",
         prefetch_factor=4 if workers else None,
         persistent_workers=False,
     )
@@ -340,14 +379,13 @@ def predict_probs(
     device = torch.device(device)
     use_amp = _check_amp(amp, device)
     views = sorted({checkpoint_view(c) for c in loaded.values()}, key=str)
-    loader = make_loader(
-        paths, views, batch_size=batch_size, num_workers=num_workers, pin_memory=device.type == "cuda"
-    )
+    loader = make_loader(paths, views, batch_size=batch_size, num_workers=num_workers, device=device)
+    decoders = "thread(s)" if isinstance(loader, ThreadedBatches) else "worker process(es)"
     log.info(
-        "inference: %d images, %d model(s), %d input view(s) %s, batch %d, %d decoding worker(s), "
+        "inference: %d images, %d model(s), %d input view(s) %s, batch %d, %d decoding %s, "
         "%s%s%s",
         len(paths), len(loaded), len(views), [v[1] for v in views], batch_size,
-        loader.num_workers, device, ", bf16" if use_amp else "", ", flip TTA" if tta else "",
+        loader.num_workers, decoders, device, ", bf16" if use_amp else "", ", flip TTA" if tta else "",
     )  # fmt: skip
     models = {task: inference_model(checkpoint.model) for task, checkpoint in loaded.items()}
     out = {task: np.empty((len(paths), NUM_CLASSES[task]), np.float32) for task in loaded}
@@ -425,7 +463,7 @@ def _check_amp(amp: bool | None, device: torch.device) -> bool:
     return amp
 
 
-def _progress(loader: torch.utils.data.DataLoader, images: int, batch_size: int):
+def _progress(loader: Iterable, images: int, batch_size: int):
     from tqdm.auto import tqdm
 
     # disable=None: a bar on a terminal, silence in logs and tests.

@@ -194,13 +194,46 @@ def test_predict_classes_on_an_index_frame_keeps_row_order(checkpoints, data_roo
     assert forward.tolist() == backward[::-1].tolist()
 
 
-def test_a_corrupt_eval_image_in_a_worker_is_reported_by_name(checkpoints, tmp_path, data_root):
+def test_a_corrupt_eval_image_in_a_decoding_thread_is_reported_by_name(checkpoints, tmp_path, data_root):
     ids, paths = _image_paths(data_root)
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(paths[0].read_bytes()[:200])
     loaded = load_task_models(checkpoints, torch.device("cpu"))
     with pytest.raises(DataLayoutError, match="broken.jpg"):
         predict_probs(loaded, [*paths, broken], batch_size=2, num_workers=2)
+
+
+@pytest.mark.parametrize(("device", "workers"), [("cpu", 0), ("cpu", 2), ("meta", 0), ("meta", 2)])
+def test_cpu_decoding_threads_and_gpu_worker_processes_give_the_same_batches(tmp_path, data_root, device, workers):
+    # The CPU decodes in threads (ThreadedBatches), other devices in DataLoader worker
+    # processes; "meta" stands in for CUDA here: it picks the loader without needing a GPU.
+    from maskpipe.ensemble import EvalImages, ThreadedBatches, make_loader
+
+    _, paths = _image_paths(data_root)
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(paths[0].read_bytes()[:200])
+    views = [((56, 40), (32, 24)), (None, (40, 32))]
+    loader = make_loader(paths, views, batch_size=2, num_workers=workers, device=torch.device(device))
+    assert isinstance(loader, ThreadedBatches) == (device == "cpu")
+    assert loader.num_workers == workers and len(loader) == 3
+    batches = list(loader)
+    expected = [EvalImages(paths, views)[i] for i in range(IMAGES)]
+    for v, (crop, size) in enumerate(views):
+        stacked = torch.cat([batch[v] for batch in batches])
+        assert stacked.shape == (IMAGES, *size, 3) and stacked.dtype == torch.uint8
+        assert torch.equal(stacked, torch.from_numpy(np.stack([item[v] for item in expected])))
+    bad = list(make_loader([paths[0], broken], views, batch_size=2, num_workers=workers, device=torch.device(device)))
+    assert isinstance(bad[0], str) and "broken.jpg" in bad[0]
+
+
+def test_cpu_decoding_defaults_to_a_thread_per_core(data_root):
+    from maskpipe.data.images import default_workers
+    from maskpipe.ensemble import default_num_workers
+
+    cores = min(default_workers(), 8)
+    assert default_num_workers(1, 64, torch.device("cpu")) == cores  # threads start for free
+    assert default_num_workers(1, 64, torch.device("cuda")) == 0  # processes do not
+    assert default_num_workers(1000, 64, torch.device("cuda")) == cores
 
 
 def test_missing_task_checkpoint_is_a_clear_error(checkpoints, tmp_path, data_root):
