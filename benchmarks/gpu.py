@@ -17,8 +17,13 @@ recipe's input) and at the default preset's input size:
 
 The last line is ``gpu speedup: R.Rx``: bf16 + channels-last over fp32 training at 512x384.
 
-    python benchmarks/gpu.py            # a few minutes on one GPU
-    python benchmarks/gpu.py --quick    # about a minute
+    python benchmarks/gpu.py              # a few minutes on one GPU
+    python benchmarks/gpu.py --quick      # about a minute
+    python benchmarks/gpu.py --cpu-smoke  # no GPU: every code path once, tiny, no figures
+
+``--cpu-smoke`` exists so the script is proven before the scarce GPU time is spent on it: it
+runs each measurement on the CPU with ``resnet10t`` at toy sizes, prints its table marked as
+a smoke run, and ends with ``gpu smoke run: ...`` instead of a speedup.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import sys
 import threading
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -42,6 +48,8 @@ from maskpipe.labels import NUM_CLASSES
 from maskpipe.models import create_model
 
 ARCH = "efficientnet_b4"
+SMOKE_ARCH = "resnet10t"
+SMOKE_SIZES = ([64, 48], [56, 42])  # (h, w): stand-ins for 512x384 and the preset's size
 TASK = "mask"
 UTILISATION_GOAL = 80.0
 
@@ -55,24 +63,68 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--people", type=int, help="synthetic people for the real epoch (300; --quick 40)")
     parser.add_argument("--workers", type=int, help="DataLoader workers of the real epoch (CPUs - 1, max 8)")
     parser.add_argument("--compile", action="store_true", help="also measure torch.compile")
+    parser.add_argument(
+        "--cpu-smoke", action="store_true",
+        help="no GPU needed: run every code path once on the CPU, tiny model and sizes, no figures",
+    )
     parser.add_argument("--work-dir", type=Path)
     args = parser.parse_args(argv)
+    if args.cpu_smoke:
+        args.batch_size, args.steps, args.sweep, args.people = 4, 1, [2, 4], args.people or 2
     args.steps = args.steps or (4 if args.quick else 10)
     args.sweep = args.sweep or ([32, 64] if args.quick else [16, 32, 64, 128])
     args.people = args.people or (40 if args.quick else 300)
     return args
 
 
-def require_cuda() -> torch.device:
+@dataclass(frozen=True)
+class Target:
+    """Where the measurements run: the GPU, or the CPU of a smoke run (tiny, no figures)."""
+
+    device: torch.device
+    arch: str
+    smoke: bool = False
+
+    @property
+    def cuda(self) -> bool:
+        return self.device.type == "cuda"
+
+    def name(self) -> str:
+        return torch.cuda.get_device_name() if self.cuda else "CPU SMOKE RUN (not GPU figures)"
+
+    def sync(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize()
+
+    def reset_memory(self) -> None:
+        if self.cuda:
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+
+    def peak_gib(self) -> float:
+        return torch.cuda.max_memory_allocated() / 2**30 if self.cuda else float("nan")
+
+    def autocast(self, amp: bool):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16) if amp else nullcontext()
+
+    def sizes(self) -> tuple[list[int], list[int]]:
+        """(h, w) of the original recipe's input and of the default preset's."""
+        if self.smoke:
+            return SMOKE_SIZES
+        return load_config("original").data.input_size, load_config("default").data.input_size
+
+
+def require_cuda() -> Target:
     if not torch.cuda.is_available():
         raise BenchmarkError(
             "no CUDA device is visible (torch.cuda.is_available() is False); this benchmark only "
-            "measures GPUs. Run it on a machine with an NVIDIA GPU and a CUDA build of torch."
+            "measures GPUs. Run it on a machine with an NVIDIA GPU and a CUDA build of torch "
+            "(--cpu-smoke only checks that the script runs)."
         )
     if not torch.cuda.is_bf16_supported():
         raise BenchmarkError(f"{torch.cuda.get_device_name()} does not support bf16; the ours mode needs it")
     torch.backends.cudnn.benchmark = True
-    return torch.device("cuda")
+    return Target(torch.device("cuda"), ARCH)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -86,34 +138,29 @@ MODES = {
 }
 
 
-def build(mode: str, device: torch.device):
+def build(mode: str, target: Target):
     from timm.optim import AdamP
 
     spec = MODES[mode]
     fmt = torch.channels_last if spec["channels_last"] else torch.contiguous_format
     torch.manual_seed(0)
-    model = create_model(ARCH, NUM_CLASSES[TASK], pretrained=False).to(device, memory_format=fmt)
+    model = create_model(target.arch, NUM_CLASSES[TASK], pretrained=False).to(target.device, memory_format=fmt)
     step_model = torch.compile(model) if spec["compile"] else model
     optimizer = AdamP(model.parameters(), lr=1e-4, weight_decay=1e-5)
     return model, step_model, optimizer, fmt
 
 
-def autocast(amp: bool):
-    return torch.autocast("cuda", dtype=torch.bfloat16) if amp else nullcontext()
-
-
-def train_rate(mode: str, size: list[int], batch: int, steps: int, device: torch.device) -> dict:
+def train_rate(mode: str, size: list[int], batch: int, steps: int, target: Target) -> dict:
     """Training images/s on one resident synthetic batch, peak memory, warm-up seconds."""
-    torch.cuda.empty_cache()
-    torch.cuda.reset_peak_memory_stats()
+    target.reset_memory()
     spec = MODES[mode]
-    model, step_model, optimizer, fmt = build(mode, device)
-    images = torch.randn(batch, 3, *size, device=device).contiguous(memory_format=fmt)
-    labels = torch.randint(0, NUM_CLASSES[TASK], (batch,), device=device)
+    model, step_model, optimizer, fmt = build(mode, target)
+    images = torch.randn(batch, 3, *size, device=target.device).contiguous(memory_format=fmt)
+    labels = torch.randint(0, NUM_CLASSES[TASK], (batch,), device=target.device)
     model.train()
 
     def step() -> None:
-        with autocast(spec["amp"]):
+        with target.autocast(spec["amp"]):
             loss = F.cross_entropy(step_model(images).float(), labels)
         loss.backward()
         optimizer.step()
@@ -122,16 +169,16 @@ def train_rate(mode: str, size: list[int], batch: int, steps: int, device: torch
     started = time.perf_counter()
     for _ in range(3):  # cudnn autotuning and compilation happen here
         step()
-    torch.cuda.synchronize()
+    target.sync()
     warmup = time.perf_counter() - started
     started = time.perf_counter()
     for _ in range(steps):
         step()
-    torch.cuda.synchronize()
+    target.sync()
     seconds = time.perf_counter() - started
     result = {
         "rate": batch * steps / seconds,
-        "peak_gib": torch.cuda.max_memory_allocated() / 2**30,
+        "peak_gib": target.peak_gib(),
         "warmup_s": warmup,
     }
     del model, step_model, optimizer, images
@@ -139,17 +186,18 @@ def train_rate(mode: str, size: list[int], batch: int, steps: int, device: torch
 
 
 @torch.inference_mode()
-def inference_rate(size: list[int], batch: int, steps: int, device: torch.device) -> float:
-    model = create_model(ARCH, NUM_CLASSES[TASK], pretrained=False).to(device, memory_format=torch.channels_last).eval()
-    images = torch.randn(batch, 3, *size, device=device).contiguous(memory_format=torch.channels_last)
-    with autocast(True):
+def inference_rate(size: list[int], batch: int, steps: int, target: Target) -> float:
+    model = create_model(target.arch, NUM_CLASSES[TASK], pretrained=False)
+    model = model.to(target.device, memory_format=torch.channels_last).eval()
+    images = torch.randn(batch, 3, *size, device=target.device).contiguous(memory_format=torch.channels_last)
+    with target.autocast(True):
         for _ in range(3):
             model(images)
-        torch.cuda.synchronize()
+        target.sync()
         started = time.perf_counter()
         for _ in range(steps):
             model(images).argmax(1)
-        torch.cuda.synchronize()
+        target.sync()
     return batch * steps / (time.perf_counter() - started)
 
 
@@ -169,11 +217,14 @@ def guarded(func, *args) -> dict | float | str:
 class UtilisationSampler(threading.Thread):
     """Samples GPU utilisation (%) every ``interval`` s until ``stop()``."""
 
-    def __init__(self, interval: float = 0.1) -> None:
+    def __init__(self, target: Target, interval: float = 0.1) -> None:
         super().__init__(daemon=True)
         self.interval, self.samples, self.source = interval, [], None
         self._done = threading.Event()
-        self._read = self._choose_reader()
+        if target.smoke:  # nothing to read; the smoke run prints no utilisation figure
+            self.source, self._read = "none (CPU smoke run)", lambda: 0.0
+        else:
+            self._read = self._choose_reader()
 
     def _choose_reader(self):
         try:
@@ -211,7 +262,7 @@ class UtilisationSampler(threading.Thread):
         return sum(self.samples) / len(self.samples)
 
 
-def real_epoch(args: argparse.Namespace, work_dir: Path, device: torch.device) -> dict:
+def real_epoch(args: argparse.Namespace, work_dir: Path, target: Target) -> dict:
     """One epoch of the default preset's real input pipeline feeding bf16 + channels-last
     training; returns images/s, mean GPU utilisation and the loader's wait share."""
     from timm.optim import AdamP
@@ -230,14 +281,18 @@ def real_epoch(args: argparse.Namespace, work_dir: Path, device: torch.device) -
     ]
     if args.workers is not None:
         overrides.append(f"data.num_workers={args.workers}")
+    if target.smoke:
+        size = target.sizes()[1]
+        overrides.append(f"data.input_size=[{size[0]},{size[1]}]")
     config = load_config("default", overrides)
+    device = target.device
     generator = torch.Generator().manual_seed(0)
     started = time.perf_counter()
     data = build_task_data(config, TASK, index_path, device, generator, work_dir / "cache")
     setup_s = time.perf_counter() - started
     if not list((work_dir / "cache" / "decoded").glob("*.u8")):
         raise BenchmarkError("the decoded-image cache fell back to disk reads; not the real fast path")
-    model = create_model(ARCH, NUM_CLASSES[TASK], pretrained=False).to(device, memory_format=torch.channels_last)
+    model = create_model(target.arch, NUM_CLASSES[TASK], pretrained=False).to(device, memory_format=torch.channels_last)
     optimizer = AdamP(model.parameters(), lr=1e-4, weight_decay=1e-5)
     model.train()
     # What the training loop does to each uint8 batch: normalise, then the batched noise.
@@ -252,18 +307,18 @@ def real_epoch(args: argparse.Namespace, work_dir: Path, device: torch.device) -
             wait += time.perf_counter() - fetched
             images = normalize(images.to(device, non_blocking=True), train=True)
             labels = labels.to(device, non_blocking=True)
-            with autocast(True):
+            with target.autocast(True):
                 loss = F.cross_entropy(model(images).float(), labels)
             loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             images_seen += len(labels)
             fetched = time.perf_counter()
-        torch.cuda.synchronize()
+        target.sync()
         return images_seen, time.perf_counter() - began, wait
 
     epoch(None)  # warm-up epoch: workers start, cudnn tunes
-    sampler = UtilisationSampler()
+    sampler = UtilisationSampler(target)
     images_seen, seconds, wait = epoch(sampler)
     utilisation = sampler.stop()
     return {
@@ -277,38 +332,40 @@ def real_epoch(args: argparse.Namespace, work_dir: Path, device: torch.device) -
 
 
 def run(args: argparse.Namespace, work_dir: Path) -> float:
-    device = require_cuda()
-    original_size = load_config("original").data.input_size
-    preset_size = load_config("default").data.input_size
+    target = Target(torch.device("cpu"), SMOKE_ARCH, smoke=True) if args.cpu_smoke else require_cuda()
+    original_size, preset_size = target.sizes()
     modes = ["fp32", "bf16+cl"] + (["bf16+cl+compile"] if args.compile else [])
-    print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, {ARCH} (untrained), batch {args.batch_size}, {args.steps} timed steps")
+    print(f"{target.name()}, torch {torch.__version__}, {target.arch} (untrained), batch {args.batch_size}, {args.steps} timed steps")
     print(f"{'input (WxH)':<12} {'mode':<16} {'train img/s':>11} {'peak GiB':>9} {'warm-up s':>9}")
     rates: dict[tuple[str, str], float] = {}
     for size in (original_size, preset_size):
         label = f"{size[1]}x{size[0]}"
         for mode in modes:
-            result = guarded(train_rate, mode, size, args.batch_size, args.steps, device)
+            result = guarded(train_rate, mode, size, args.batch_size, args.steps, target)
             if result == "OOM":
                 print(f"{label:<12} {mode:<16} {'OOM':>11}")
                 continue
             rates[(label, mode)] = result["rate"]
             print(f"{label:<12} {mode:<16} {result['rate']:11.1f} {result['peak_gib']:9.2f} {result['warmup_s']:9.1f}")
-        infer = guarded(inference_rate, size, 64, args.steps, device)
+        infer_batch = args.batch_size if target.smoke else 64
+        infer = guarded(inference_rate, size, infer_batch, args.steps, target)
         shown = infer if isinstance(infer, str) else f"{infer:.1f}"
-        print(f"{label:<12} {'inference bf16':<16} {shown:>11}   (batch 64, channels-last)")
+        print(f"{label:<12} {'inference bf16':<16} {shown:>11}   (batch {infer_batch}, channels-last)")
 
     label = f"{preset_size[1]}x{preset_size[0]}"
     print(f"\nbatch-size sweep, bf16+cl training at {label}:")
     print(f"{'batch':>6} {'img/s':>9} {'peak GiB':>9}")
     for batch in args.sweep:
-        result = guarded(train_rate, "bf16+cl", preset_size, batch, args.steps, device)
+        result = guarded(train_rate, "bf16+cl", preset_size, batch, args.steps, target)
         if result == "OOM":
             print(f"{batch:>6} {'OOM':>9}")
         else:
             print(f"{batch:>6} {result['rate']:9.1f} {result['peak_gib']:9.2f}")
 
-    epoch = real_epoch(args, work_dir, device)
+    epoch = real_epoch(args, work_dir, target)
     verdict = "met" if epoch["utilisation"] >= UTILISATION_GOAL else "NOT met"
+    if target.smoke:
+        verdict = "not measured (CPU smoke run)"
     print(
         f"\nreal epoch (default preset input {epoch['size'][1]}x{epoch['size'][0]}, {epoch['images']} "
         f"images, {epoch['workers']} workers): {epoch['rate']:.1f} images/s, GPU busy "
@@ -320,6 +377,9 @@ def run(args: argparse.Namespace, work_dir: Path) -> float:
     if (reference, "fp32") not in rates or (reference, "bf16+cl") not in rates:
         raise BenchmarkError(f"fp32 or bf16 training at {reference} ran out of memory; lower --batch-size")
     speedup = rates[(reference, "bf16+cl")] / rates[(reference, "fp32")]
+    if target.smoke:
+        print("gpu smoke run: every measurement ran once on the CPU; these are not GPU figures")
+        return speedup
     print(f"gpu speedup: {speedup:.1f}x")
     return speedup
 

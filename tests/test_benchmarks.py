@@ -72,3 +72,17 @@ def test_gpu_benchmark_without_cuda_exits_1_with_a_message(tmp_path):
     assert result.returncode == 1
     assert "no CUDA device is visible" in result.stderr
     assert "speedup" not in result.stdout
+
+
+@pytest.mark.timeout(SMOKE_TIMEOUT_S)
+def test_gpu_benchmark_cpu_smoke_runs_every_measurement_and_prints_no_speedup(tmp_path):
+    # The GPU is lent rarely and briefly: the script must be known to run before it gets one.
+    result = run_benchmark("gpu", "--cpu-smoke", "--work-dir", str(tmp_path), env={"CUDA_VISIBLE_DEVICES": ""})
+    assert result.returncode == 0, result.stderr[-2000:]
+    out = result.stdout
+    assert out.startswith("CPU SMOKE RUN")
+    for measured in ("fp32", "bf16+cl", "inference bf16", "batch-size sweep", "real epoch"):
+        assert measured in out, measured
+    assert "speedup" not in out
+    assert last_line(out).startswith("gpu smoke run: ")
+
