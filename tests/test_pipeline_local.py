@@ -33,7 +33,8 @@ DECLARED_OUTPUTS = {
 def local_run(tmp_path_factory) -> pipeline.LocalRun:
     root = tmp_path_factory.mktemp("e2e")
     # The size the smoke recipe was tuned on (docs/presets.md): fewer people do not generalise.
-    generate(root / "data", people=90, eval_people=12, seed=0)
+    # 30 eval people (210 images) cost seconds and make the 18-class score a measurement.
+    generate(root / "data", people=90, eval_people=30, seed=0)
     arguments = {
         "data_root": str(root / "data"),
         "preset": "smoke",
@@ -70,8 +71,10 @@ def test_submission_has_one_valid_row_per_info_csv_row(local_run):
 def test_submission_scores_well_above_chance(local_run):
     truth = pd.read_csv(local_run.scores["truth"])
     chance = chance_macro_f1(truth["ans"].to_numpy())
-    # Measured on 90 people: 18-class macro-F1 0.5-0.67 against a chance of ~0.06 (docs/presets.md);
-    # the mask task, the easiest, must be close to perfect on its own.
+    # Measured here (81 training people, 30 unseen eval people): 18-class macro-F1 0.35 / 0.52
+    # with pipeline seeds 42 / 7, against a chance of 0.056. With 12 eval people the score
+    # swung below 0.22 on a 1-ulp change in normalisation: too few images per class to measure.
+    # The mask task, the easiest, must be close to perfect on its own.
     assert local_run.scores["macro_f1"] > 4 * chance, (local_run.scores["macro_f1"], chance)
     assert local_run.scores["tasks"]["mask"]["macro_f1"] > 0.85, local_run.scores["tasks"]
     assert json.loads((local_run.output_dir / "scores.json").read_text())["macro_f1"] == pytest.approx(

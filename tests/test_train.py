@@ -139,6 +139,25 @@ def test_same_seed_gives_the_same_metrics(synth_index, train_cache, tmp_path):
     assert first.metrics == second.metrics
 
 
+def test_reusing_the_normalised_batch_buffer_changes_no_result(synth_index, tmp_path, monkeypatch):
+    # BatchNormalizer overwrites the previous float batch in place on the CPU; if anything
+    # still held it (autograd, accumulation, metrics) training would differ from fresh batches.
+    from maskpipe.data.transforms import BatchNormalizer
+
+    config = _smoke(
+        "train.epochs=1", "data.input_size=32x24", "data.crop_size=null", "train.grad_accum=2",
+        "data.augs=[flip,affine,noise]", "data.num_workers=0",
+    )  # fmt: skip
+    reused = train_task(config, "age", synth_index, tmp_path / "reused", cache_dir=tmp_path / "cache")
+    buffers = []
+    original_out = BatchNormalizer._out
+    monkeypatch.setattr(BatchNormalizer, "_out", lambda self, x: buffers.append(original_out(self, x)) or None)
+    fresh = train_task(config, "age", synth_index, tmp_path / "fresh", cache_dir=tmp_path / "cache")
+    assert len(buffers) > 2, "the normaliser was not used: the comparison would be vacuous"
+    assert fresh.history[0]["train_loss"] == reused.history[0]["train_loss"]
+    assert fresh.metrics == reused.metrics
+
+
 @pytest.mark.slow
 def test_resume_state_is_mirrored_and_restored_from_s3(s3_bucket, synth_index, train_cache, tmp_path):
     uri = f"{s3_bucket}/runs/r1/age/"
