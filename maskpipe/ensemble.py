@@ -253,9 +253,8 @@ def default_num_workers(images: int, batch_size: int, device: torch.device | Non
     more than it saves."""
     from maskpipe.data.images import default_workers
 
-    if device is not None and device.type == "cpu":
-        return min(default_workers(), MAX_DEFAULT_WORKERS)
-    if images <= 2 * batch_size:
+    processes = device is None or device.type != "cpu"
+    if processes and images <= 2 * batch_size:
         return 0
     return min(default_workers(), MAX_DEFAULT_WORKERS)
 

@@ -89,8 +89,8 @@ def normalize_to_tensor(
 
     Works on whatever device the tensor is on, so a batch can be normalised on the GPU after a
     cheap uint8 transfer. ``channels_last`` keeps the NHWC memory layout (a free permute).
-    Each element is read and written once: on the CPU through OpenCV's vectorised kernels, on
-    other devices as one strided copy plus two in-place ops. ``out`` (batches only): a float32
+    Each element is read and written once: on the CPU as a per-channel table lookup
+    (``cv2.LUT``), on other devices as one strided copy plus two in-place ops. ``out`` (batches only): a float32
     (N,3,H,W) tensor on the same device, in the memory format ``channels_last`` asks for, to
     write into instead of allocating (see :class:`BatchNormalizer`).
     """
@@ -170,7 +170,7 @@ def _normalize_torch(x: torch.Tensor, mean, std, out: torch.Tensor) -> None:
 
 
 class BatchNormalizer:
-    """The last step of the fast input path, shared by training, inference and the benchmarks:
+    """The last step of the fast input path, shared by training and the benchmarks:
     uint8 (N,H,W,3) batch -> normalised float32 (N,3,H,W) on its device, plus the batched
     Gaussian noise (:func:`add_batch_noise_`) for training batches when ``noise`` is on.
 
