@@ -86,3 +86,23 @@ def test_gpu_benchmark_cpu_smoke_runs_every_measurement_and_prints_no_speedup(tm
     assert "speedup" not in out
     assert last_line(out).startswith("gpu smoke run: ")
 
+
+def test_gpu_machine_wheels_match_the_versions_this_project_installs():
+    # The lent GPU machine gets these as carried wheels; other versions than the ones tested
+    # here would make its figures measure different code.
+    from importlib.metadata import version
+
+    pins = [
+        line.split("==")
+        for line in (BENCHMARKS / "device" / "wheels.txt").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    assert pins and all(len(pin) == 2 for pin in pins)
+    assert {name: version(name) for name, _ in pins} == dict(pins)
+
+
+@pytest.mark.parametrize("script", ["fetch_wheels.sh", "run_gpu_benchmarks.sh"])
+def test_gpu_machine_scripts_parse(script):
+    result = subprocess.run(["bash", "-n", str(BENCHMARKS / "device" / script)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
