@@ -29,27 +29,22 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from original_recipe import BenchmarkError, parse_size, run_in_work_dir
 from PIL import Image
 
 from maskpipe.checkpoint import load_checkpoint, save_checkpoint
 from maskpipe.config import load_config
 from maskpipe.data.transforms import hwc_float_to_chw, original_eval_transform
 from maskpipe.ensemble import classes_from_probs, load_task_models, predict_probs, resolve_device
-from maskpipe.errors import MaskpipeError
 from maskpipe.labels import NUM_CLASSES, TASKS, encode_class
 from maskpipe.models import create_model
 
 MIN_AGREEMENT = {False: 0.99, True: 0.95}  # fp32 / bf16: only near-ties may flip
-
-
-class BenchmarkError(Exception):
-    """The benchmark cannot produce an honest figure."""
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -59,9 +54,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--images", type=int, help="number of eval images (512; --quick 32)")
     parser.add_argument("--rounds", type=int, help="alternating timed calls per path (2; --quick 1)")
-    parser.add_argument("--image-size", type=_size, default=(384, 512), help="photo WIDTHxHEIGHT")
+    parser.add_argument("--image-size", type=parse_size, default=(384, 512), help="photo WIDTHxHEIGHT")
     parser.add_argument(
-        "--input-size", type=_size, help="model input WIDTHxHEIGHT (default: the smoke preset's)"
+        "--input-size", type=parse_size, help="model input WIDTHxHEIGHT (default: the smoke preset's)"
     )
     parser.add_argument("--arch", default="resnet10t")
     parser.add_argument("--batch-size", type=int, default=64)
@@ -85,14 +80,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if min(args.images, args.batch_size, args.rounds) < 1:
         parser.error("--images, --batch-size and --rounds must be >= 1")
     return args
-
-
-def _size(text: str) -> tuple[int, int]:
-    try:
-        width, height = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT, e.g. 384x512; got {text!r}")
-    return width, height
 
 
 # ---------------------------------------------------------------------------------------------
@@ -257,16 +244,7 @@ def _rounds(seconds: list[float]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        if args.work_dir is not None:
-            run(args, args.work_dir)
-        else:
-            with tempfile.TemporaryDirectory(prefix="maskpipe-bench-") as tmp:
-                run(args, Path(tmp))
-    except (BenchmarkError, MaskpipeError) as exc:
-        print(f"benchmark failed: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    return run_in_work_dir(lambda folder: run(args, folder), args.work_dir)
 
 
 if __name__ == "__main__":

@@ -259,7 +259,8 @@ def test_bf16_on_cpu_is_refused_not_silently_ignored(checkpoints, data_root):
         predict_probs(loaded, paths, amp=True)
 
 
-def test_benchmark_quick_run_prints_the_speedup_last(tmp_path, capsys):
+def test_benchmark_quick_run_prints_the_speedup_last(tmp_path, capsys, monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))  # as when run as a script: its helpers
     spec = importlib.util.spec_from_file_location("bench_inference", REPO / "benchmarks" / "inference.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
