@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 
 import pipeline
+from pipeline_cli.local_run import LocalRun, run_local
 from maskpipe.data.synth import generate
 from maskpipe.metrics import classification_metrics
 
@@ -30,7 +31,7 @@ DECLARED_OUTPUTS = {
 
 
 @pytest.fixture(scope="module")
-def local_run(tmp_path_factory) -> pipeline.LocalRun:
+def local_run(tmp_path_factory) -> LocalRun:
     root = tmp_path_factory.mktemp("e2e")
     # The size the smoke recipe was tuned on (docs/presets.md): fewer people do not generalise.
     # 30 eval people (210 images) cost seconds and make the 18-class score a measurement.
@@ -49,7 +50,7 @@ def local_run(tmp_path_factory) -> pipeline.LocalRun:
         "overrides": [],
         "resume_bucket": "",
     }
-    return pipeline.run_local(arguments, root / "out")
+    return run_local(arguments, root / "out")
 
 
 def chance_macro_f1(truth: np.ndarray, rounds: int = 200) -> float:

@@ -18,7 +18,8 @@ from typing import Any, Iterator
 
 import pytest
 
-import pipeline
+import pipeline_cli
+from pipeline_cli import arguments
 
 API = "/apis/v2beta1"
 
@@ -102,7 +103,7 @@ def fake_kfp(tmp_path, monkeypatch) -> Iterator[FakeKfp]:
 
     # kfp.Client remembers a namespace in ~/.config/kfp/context.json: keep it out of $HOME.
     monkeypatch.setattr(kfp.Client, "_LOCAL_KFP_CONTEXT", str(tmp_path / "kfp-context.json"))
-    for name in (pipeline.TOKEN_ENV, pipeline.TOKEN_FILE_ENV, pipeline.COOKIE_ENV,
+    for name in (arguments.TOKEN_ENV, arguments.TOKEN_FILE_ENV, arguments.COOKIE_ENV,
                  "KF_PIPELINES_ENDPOINT", "KF_PIPELINES_UI_ENDPOINT"):  # fmt: skip
         monkeypatch.delenv(name, raising=False)
     state = FakeKfp()
@@ -154,7 +155,7 @@ def submit_args(fake: FakeKfp, *extra: str) -> list[str]:
 
 
 def test_submit_sends_spec_parameters_root_and_bearer_token(fake_kfp, capsys):
-    assert pipeline.main(submit_args(fake_kfp, "--token", "tok-123", "--pipeline-root", "minio://team-bucket/runs")) == 0
+    assert pipeline_cli.main(submit_args(fake_kfp, "--token", "tok-123", "--pipeline-root", "minio://team-bucket/runs")) == 0
 
     (create,) = fake_kfp.find("POST", f"{API}/runs")
     body = create.json()
@@ -182,7 +183,7 @@ def test_submit_sends_spec_parameters_root_and_bearer_token(fake_kfp, capsys):
 
 
 def test_submit_creates_the_experiment_in_the_namespace(fake_kfp):
-    pipeline.main(submit_args(fake_kfp, "--token", "t"))
+    pipeline_cli.main(submit_args(fake_kfp, "--token", "t"))
     (lookup,) = fake_kfp.find("GET", f"{API}/experiments")
     assert lookup.query["namespace"] == ["team-vision"]
     (created,) = fake_kfp.find("POST", f"{API}/experiments")
@@ -191,40 +192,40 @@ def test_submit_creates_the_experiment_in_the_namespace(fake_kfp):
 
 def test_submit_reuses_an_existing_experiment(fake_kfp):
     fake_kfp.experiments["exp-9"] = {"experiment_id": "exp-9", "display_name": "mask-exp"}
-    pipeline.main(submit_args(fake_kfp, "--token", "t"))
+    pipeline_cli.main(submit_args(fake_kfp, "--token", "t"))
     assert not fake_kfp.find("POST", f"{API}/experiments")
     assert fake_kfp.find("POST", f"{API}/runs")[0].json()["experiment_id"] == "exp-9"
 
 
 def test_token_comes_from_the_environment(fake_kfp, monkeypatch):
-    monkeypatch.setenv(pipeline.TOKEN_ENV, "env-token-456")
-    pipeline.main(submit_args(fake_kfp))
+    monkeypatch.setenv(arguments.TOKEN_ENV, "env-token-456")
+    pipeline_cli.main(submit_args(fake_kfp))
     assert {r.headers.get("authorization") for r in fake_kfp.requests} == {"Bearer env-token-456"}
 
 
 def test_token_comes_from_a_file(fake_kfp, tmp_path):
     token_file = tmp_path / "token"
     token_file.write_text("file-token-789\n")
-    pipeline.main(submit_args(fake_kfp, "--token-file", str(token_file)))
+    pipeline_cli.main(submit_args(fake_kfp, "--token-file", str(token_file)))
     assert fake_kfp.find("POST", f"{API}/runs")[0].headers["authorization"] == "Bearer file-token-789"
 
 
 def test_in_cluster_uses_the_service_account_token(fake_kfp, tmp_path):
     sa_token = tmp_path / "sa-token"
     sa_token.write_text("projected-sa-token")
-    pipeline.main(submit_args(fake_kfp, "--in-cluster", "--sa-token-path", str(sa_token)))
+    pipeline_cli.main(submit_args(fake_kfp, "--in-cluster", "--sa-token-path", str(sa_token)))
     assert fake_kfp.find("POST", f"{API}/runs")[0].headers["authorization"] == "Bearer projected-sa-token"
 
 
 def test_session_cookie_is_sent(fake_kfp):
-    pipeline.main(submit_args(fake_kfp, "--cookie", "authservice_session=abc123"))
+    pipeline_cli.main(submit_args(fake_kfp, "--cookie", "authservice_session=abc123"))
     create = fake_kfp.find("POST", f"{API}/runs")[0]
     assert create.headers["cookie"] == "authservice_session=abc123"
     assert "authorization" not in create.headers
 
 
 def test_default_pipeline_root_is_sent_with_the_run(fake_kfp):
-    pipeline.main(submit_args(fake_kfp, "--token", "t"))
+    pipeline_cli.main(submit_args(fake_kfp, "--token", "t"))
     body = fake_kfp.find("POST", f"{API}/runs")[0].json()
     assert body["runtime_config"]["pipeline_root"] == "minio://mlpipeline/v2/artifacts"
 
@@ -232,29 +233,29 @@ def test_default_pipeline_root_is_sent_with_the_run(fake_kfp):
 def test_healthz_is_asked_when_no_namespace_is_given(fake_kfp):
     args = submit_args(fake_kfp, "--token", "t")
     args[args.index("--namespace") + 1] = "kubeflow"  # kfp.Client's "not given" value
-    assert pipeline.main(args) == 0
+    assert pipeline_cli.main(args) == 0
     assert fake_kfp.find("GET", f"{API}/healthz")
 
 
 def test_wait_polls_the_run_and_fails_on_a_failed_run(fake_kfp, capsys):
-    assert pipeline.main(submit_args(fake_kfp, "--token", "t", "--wait")) == 0
+    assert pipeline_cli.main(submit_args(fake_kfp, "--token", "t", "--wait")) == 0
     assert fake_kfp.find("GET", f"{API}/runs/run-1")
     assert "run finished: SUCCEEDED" in capsys.readouterr().out
     fake_kfp.run_state = "FAILED"
     with pytest.raises(SystemExit) as failed:
-        pipeline.main(submit_args(fake_kfp, "--token", "t", "--wait"))
+        pipeline_cli.main(submit_args(fake_kfp, "--token", "t", "--wait"))
     assert failed.value.code == 1
 
 
 def test_upload_registers_then_adds_versions(fake_kfp, capsys):
     base = ["upload", "--host", fake_kfp.url, "--token", "t", "--name", "maskpipe-team"]
-    assert pipeline.main(base) == 0
+    assert pipeline_cli.main(base) == 0
     (first,) = fake_kfp.find("POST", f"{API}/pipelines/upload")
     assert first.query["name"] == ["maskpipe-team"]
     assert b"pipelineInfo" in first.body  # the compiled YAML is the multipart payload
     assert first.headers["authorization"] == "Bearer t"
 
-    assert pipeline.main([*base, "--version", "v2"]) == 0
+    assert pipeline_cli.main([*base, "--version", "v2"]) == 0
     (version,) = fake_kfp.find("POST", f"{API}/pipelines/upload_version")
     assert version.query["pipelineid"] == ["pipe-1"] and version.query["name"] == ["v2"]
     assert "version id: version-2" in capsys.readouterr().out
@@ -263,5 +264,5 @@ def test_upload_registers_then_adds_versions(fake_kfp, capsys):
 def test_submit_without_host_says_how_to_get_one(monkeypatch):
     monkeypatch.delenv("KF_PIPELINES_ENDPOINT", raising=False)
     with pytest.raises(SystemExit) as exc:
-        pipeline.main(["submit", "--data", "s3://b/p"])
+        pipeline_cli.main(["submit", "--data", "s3://b/p"])
     assert "--host" in str(exc.value.code) and "port-forward" in str(exc.value.code)
