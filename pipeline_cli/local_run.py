@@ -1,5 +1,11 @@
-"""Run the whole pipeline on this machine through kfp.local and collect what it wrote."""
+"""Run the whole pipeline on this machine through kfp.local and collect what it wrote.
 
+Two runners: each step as a subprocess of this Python (the default), or each step in the
+project image (``image=``; the container side is in ``pipeline_cli.containers``).
+"""
+
+import contextlib
+import dataclasses
 import json
 import re
 import shutil
@@ -51,11 +57,15 @@ def run_local(
     *,
     options: PipelineOptions = LOCAL_OPTIONS,
     truth: Optional[Path] = None,
+    image: Optional[str] = None,
 ) -> LocalRun:
-    """Run the whole pipeline here with kfp.local.SubprocessRunner(use_venv=False).
+    """Run the whole pipeline here through kfp.local.
 
-    Each step runs as a subprocess of this Python, with this environment. On failure raises
-    PipelineRunError naming the step (display name) and the last error line of its log.
+    Without ``image`` each step runs as a subprocess of this Python, with this environment
+    (``SubprocessRunner(use_venv=False)``). With ``image`` each step runs in a container of
+    that image (``DockerRunner``), the image compiled into every step. On failure raises
+    PipelineRunError naming the step (display name) and the cause from its log; the outputs
+    of the steps that ran stay under ``output_dir/runs``.
     """
     from kfp import local
 
@@ -66,24 +76,42 @@ def run_local(
     if not _is_s3(arguments["data_root"]):
         arguments["data_root"] = str(Path(arguments["data_root"]).resolve())
     log_path = output_dir / "run-local.log"
+    in_containers = None
+    runner: Any = local.SubprocessRunner(use_venv=False)
+    if image:
+        from pipeline_cli import containers
+
+        try:
+            in_containers = containers.prepare(image, arguments["data_root"])
+        except containers.ContainerEngineError as exc:
+            raise PipelineRunError(str(exc)) from None
+        in_containers.log_dir = output_dir / "container-logs"
+        options = dataclasses.replace(options, image=in_containers.image)
+        runner = local.DockerRunner(**in_containers.run_args())
     pipeline_func = make_pipeline(options)
     display_names = {
         key: spec.task_info.name for key, spec in pipeline_func.pipeline_spec.root.dag.tasks.items()
     }
 
-    local.init(
-        runner=local.SubprocessRunner(use_venv=False),
-        pipeline_root=str(runs_root),
-        raise_on_error=True,
-    )
+    local.init(runner=runner, pipeline_root=str(runs_root), raise_on_error=True)
     before = set(runs_root.iterdir())
-    with _tee_stdout(log_path) as captured:
+    with contextlib.ExitStack() as stack:
+        if in_containers is not None:
+            stack.enter_context(containers.group_writable_root(runs_root))
+            stack.enter_context(containers.steps_in_containers(in_containers))
+        captured = stack.enter_context(_tee_stdout(log_path))
         try:
             pipeline_func(**arguments)
         except RuntimeError as exc:
-            raise PipelineRunError(
-                _failure_message(str(exc), captured.getvalue(), display_names, log_path)
-            ) from None
+            message = _failure_message(str(exc), captured.getvalue(), display_names, log_path)
+            failed = in_containers.failed_step() if in_containers is not None else None
+            if failed is not None:
+                key = _failed_task_key(str(exc))
+                message = containers.failure_message(
+                    display_names.get(key, key or "unknown step"), key or "?", failed,
+                    in_containers.image,
+                ) + f"\nthe other steps' outputs: {runs_root}\nfull log: {log_path}"
+            raise PipelineRunError(message) from None
     new_dirs = sorted(p for p in set(runs_root.iterdir()) - before if p.is_dir())
     if not new_dirs:
         raise PipelineRunError(f"kfp.local wrote no run folder under {runs_root}")
@@ -146,8 +174,7 @@ def _failure_message(
     """Name the failed step and quote the last error line of its streamed log."""
     error = _ANSI.sub("", error)
     log = _ANSI.sub("", log)
-    match = re.search(r"Inner task failed: '?([\w-]+)", error)
-    key = match.group(1) if match else None
+    key = _failed_task_key(error)
     step = display_names.get(key, key) if key else "unknown step"
     section = log
     if key:
@@ -158,6 +185,12 @@ def _failure_message(
     causes = [m.group(1).strip() for m in map(_ERROR_LINE.match, section.splitlines()) if m]
     cause = causes[-1] if causes else error.strip()
     return f"step {step} (task {key}) failed: {cause}\nfull log: {log_path}"
+
+
+def _failed_task_key(error: str) -> Optional[str]:
+    """The task key (e.g. ``train-model-2``) in kfp.local's error for a failed pipeline."""
+    match = re.search(r"Inner task failed: '?([\w-]+)", _ANSI.sub("", error))
+    return match.group(1) if match else None
 
 
 class _Tee:
