@@ -243,9 +243,12 @@ def steps_in_containers(run: ContainerRun) -> Iterator[None]:
 
     saved_runner = docker_task_handler.run_docker_container
     saved_host = os.environ.get("DOCKER_HOST")
+    # Not kfp's client: its 60 s read timeout ends the log stream, and the run, whenever a
+    # step prints nothing for a minute (a long epoch, a large download).
+    own_client = docker_module().DockerClient(base_url=run.docker_host, timeout=None)
 
-    def run_container(client, image, command, volumes, **run_args):
-        result = _run_step_container(client, image, command, volumes, log_dir=run.log_dir,
+    def run_container(client, image, command, volumes, **run_args):  # kfp's signature
+        result = _run_step_container(own_client, image, command, volumes, log_dir=run.log_dir,
                                      **run_args)
         run.steps.append(result)
         return result.exit_code if not result.problem else (result.exit_code or 1)
@@ -255,6 +258,7 @@ def steps_in_containers(run: ContainerRun) -> Iterator[None]:
     try:
         yield
     finally:
+        own_client.close()
         docker_task_handler.run_docker_container = saved_runner
         if saved_host is None:
             os.environ.pop("DOCKER_HOST", None)
