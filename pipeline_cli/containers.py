@@ -160,17 +160,20 @@ def local_image_name(client, image: str) -> str:
 
 
 def unreadable_for_image_user(folder: Path, limit: int = 3) -> List[Path]:
-    """Files or folders under ``folder`` the image's user (uid 1001, group 0) cannot read."""
+    """Files or folders under ``folder`` the image's user cannot read: uid 1001 in group 0 and
+    in this process's group (ContainerRun.run_args adds it)."""
     found: List[Path] = []
+    groups = {IMAGE_GID, os.getgid()}
 
     def readable(st: os.stat_result, is_dir: bool) -> bool:
-        need_other = stat.S_IROTH | (stat.S_IXOTH if is_dir else 0)
-        need_group = stat.S_IRGRP | (stat.S_IXGRP if is_dir else 0)
+        # The kernel checks the owner bits, else the group bits, else the others' bits.
         if st.st_uid == IMAGE_UID:
-            return True
-        if st.st_gid == IMAGE_GID and st.st_mode & need_group == need_group:
-            return True
-        return st.st_mode & need_other == need_other
+            need = stat.S_IRUSR | (stat.S_IXUSR if is_dir else 0)
+        elif st.st_gid in groups:
+            need = stat.S_IRGRP | (stat.S_IXGRP if is_dir else 0)
+        else:
+            need = stat.S_IROTH | (stat.S_IXOTH if is_dir else 0)
+        return st.st_mode & need == need
 
     for root, dirs, files in os.walk(folder):
         for name in dirs + files:
