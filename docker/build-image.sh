@@ -31,12 +31,18 @@ fail() { echo "build-image.sh: $*" >&2; exit 1; }
 say() { echo "build-image.sh: $*"; }
 
 # ---------------------------------------------------------------- the engine
+# A docker CLI whose DOCKER_HOST is podman's socket is podman: build with podman itself, for
+# --format docker, the CA mount and podman's image names. (The server's version is read into
+# a variable first: grep -q closing the pipe early would fail the pipeline under pipefail.)
+docker_server=""
+if command -v docker >/dev/null && timeout 10 docker info >/dev/null 2>&1; then
+    docker_server="$(timeout 10 docker version 2>/dev/null || true)"
+fi
 engine=""
 if [ -n "${ENGINE:-}" ]; then
     engine="$ENGINE"
-elif command -v docker >/dev/null && timeout 10 docker info >/dev/null 2>&1 \
-        && ! timeout 10 docker version 2>/dev/null | grep -qi podman; then
-    engine=docker  # a real Docker daemon (a docker CLI talking to podman's socket would need buildx)
+elif [ -n "$docker_server" ] && ! grep -qi "podman engine" <<< "$docker_server"; then
+    engine=docker
 elif command -v podman >/dev/null; then
     engine=podman
 fi

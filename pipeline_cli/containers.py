@@ -147,6 +147,30 @@ def check_image(client, image: str, docker_host: str) -> None:
         ) from None
 
 
+def check_containers_start(client, image: str, docker_host: str) -> None:
+    """Start one throw-away container of ``image`` (about a second), so that an engine that is
+    not configured for this machine (rlimits, cgroups, runtime) fails here, in one line,
+    instead of in the first step."""
+    docker = docker_module()
+    try:
+        container = client.containers.run(image, ["true"], detach=True, network_mode="host")
+    except docker.errors.APIError as exc:
+        raise ContainerEngineError(
+            f"the container engine at {docker_host} cannot start a container of {image} "
+            f"({_first_line(exc)}): it is not configured for this machine. Fix: {SETUP_COMMAND}"
+        ) from None
+    try:
+        code = int(container.wait().get("StatusCode", 1))
+    finally:
+        with contextlib.suppress(docker.errors.APIError):
+            container.remove(force=True)
+    if code != 0:
+        raise ContainerEngineError(
+            f"`true` exits {code} in a container of {image}: the image is broken. "
+            f"Fix: make image IMAGE_TAG={image}"
+        )
+
+
 def local_image_name(client, image: str) -> str:
     """The name the engine lists ``image`` under: podman stores ``maskpipe:dev`` as
     ``localhost/maskpipe:dev``, and kfp.local looks images up by exact name."""
@@ -214,6 +238,7 @@ def prepare(image: str, data_root: str, environ: Optional[Dict[str, str]] = None
     try:
         check_image(client, image, docker_host)
         image = local_image_name(client, image)
+        check_containers_start(client, image, docker_host)
     finally:
         client.close()
     environment = {k: v for k, v in environ.items() if k.startswith(PASSED_ENV_PREFIXES)}

@@ -181,6 +181,15 @@ def test_make_image_ignores_a_docker_cli_without_a_daemon(tmp_path):
     assert "no container engine" in last_line(result.stderr)
 
 
+def test_make_image_builds_with_podman_when_the_docker_cli_talks_to_podman(tmp_path):
+    # docker info answers (DOCKER_HOST is podman's socket); the long version output would
+    # have failed an early-exiting grep under pipefail, which once sent the build to docker
+    docker = ('case "$1" in info) exit 0 ;; version) printf "Server:\\n Podman Engine:\\n";'
+              ' for ((i = 0; i < 5000; i++)); do echo "line $i"; done ;; esac; exit 0')
+    result = run_build_script(tmp_path, {"docker": docker, "podman": 'echo "broken" >&2; exit 125'})
+    assert "podman is installed but does not work here" in last_line(result.stderr)
+
+
 def test_make_image_with_an_unconfigured_podman_names_the_setup_script(tmp_path):
     podman = 'if [ "$1" = info ]; then echo crun; exit 0; fi; exit 99'
     result = run_build_script(tmp_path, {"podman": podman})

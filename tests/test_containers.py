@@ -352,6 +352,46 @@ def test_run_local_with_an_image_that_was_never_built_names_the_build_command(en
     assert line.endswith("Fix: make image IMAGE_TAG=maskpipe:never-built")
 
 
+@pytest.fixture
+def misconfigured_podman(engine, tmp_path):
+    """podman's API served with a setting this machine refuses (an nproc limit above the
+    current one): what an engine without docker/engine/setup-podman.sh's settings does."""
+    components = [c.get("Name", "") for c in engine.client.version().get("Components", [])]
+    if shutil.which("podman") is None or not any("podman" in c.lower() for c in components):
+        pytest.skip("needs the image in podman's store (the misconfiguration is a podman setting)")
+    conf = tmp_path / "containers.conf"
+    conf.write_text('[containers]\ndefault_ulimits = ["nproc=99999999:99999999"]\n'
+                    '[engine]\nruntime = "runc"\ncgroup_manager = "cgroupfs"\n')
+    socket_path = tmp_path / "podman.sock"
+    service = subprocess.Popen(["podman", "system", "service", "--time=0", f"unix://{socket_path}"],
+                               env=dict(os.environ, CONTAINERS_CONF=str(conf)),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 20
+        while not socket_path.is_socket() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        yield f"unix://{socket_path}"
+    finally:
+        service.terminate()
+        service.wait(timeout=30)
+
+
+def test_run_local_on_an_engine_not_configured_for_this_machine_names_the_setup_script(
+        built_image, misconfigured_podman, tmp_path):
+    (tmp_path / "data").mkdir()
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "pipeline.py", "run-local", "--runner", "docker", "--image", built_image.tag,
+         "--data", str(tmp_path / "data"), "--output-dir", str(tmp_path / "out")],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+        env=dict(os.environ, DOCKER_HOST=misconfigured_podman, PYTHONPATH=str(REPO)))
+    assert time.monotonic() - started < 60
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert "rlimit" in line and "not configured for this machine" in line
+    assert line.endswith("Fix: sudo docker/engine/setup-podman.sh")
+
+
 def test_a_build_failing_on_a_dependency_ends_in_one_line_naming_it(engine, built_image, tmp_path):
     if os.environ.get("MASKPIPE_TEST_PREBUILT") == "1":
         pytest.skip("a prebuilt image is under test; docker/build-image.sh is not")
