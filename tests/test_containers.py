@@ -300,6 +300,16 @@ def test_every_step_ran_in_a_container_as_the_image_user(both_runs):
     assert (run.run_dir.parent.stat().st_mode & 0o2775) == 0o2775, "the pipeline root is group-writable"
 
 
+def test_the_s3_keys_reach_the_containers_but_no_file_of_the_run(both_runs, s3_server):
+    # they were used (the data came from S3 inside the containers) ...
+    run = both_runs["containers"]
+    assert "s3://" in (run.index_dir / "report.json").read_text()
+    # ... and are neither in the log, the step logs, the compiled steps nor any output
+    leaked = [str(path) for path in run.output_dir.rglob("*") if path.is_file()
+              and s3_server.secret_key.encode() in path.read_bytes()]
+    assert not leaked
+
+
 def test_a_step_failing_in_its_container_reports_step_exit_code_and_log_tail(built_image, tmp_path):
     data = make_dataset(tmp_path / "data", eval_images=2).root
     bad = tiny_pipeline_arguments(data, overrides=[*TINY_OVERRIDES, "train.epochs=three"])
