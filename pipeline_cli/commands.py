@@ -76,14 +76,6 @@ def _cmd_run_local(args: argparse.Namespace) -> None:
     run = run_local(pipeline_arguments(args), args.output_dir, options=options, truth=args.truth)
     print()
     print(run.summary())
-    if run.scores is not None:
-        from maskpipe.evaluate import format_scores
-
-        print()
-        print(f"scores against {run.scores['truth']}:")
-        print(format_scores(run.scores))
-    print()
-    print(f"submission.csv: {run.submission}")
 
 
 def _cmd_submit(args: argparse.Namespace) -> None:

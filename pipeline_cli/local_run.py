@@ -3,12 +3,12 @@
 import json
 import re
 import shutil
-import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Optional
 
 from pipeline import LOCAL_OPTIONS, TASKS, PipelineOptions, make_pipeline
+from pipeline_cli.console import ANSI, TAIL_LINES, StepConsole, console_to
 
 
 class PipelineRunError(RuntimeError):
@@ -30,18 +30,24 @@ class LocalRun:
     log_path: Optional[Path] = None
 
     def summary(self) -> str:
-        lines = [f"run folder:      {self.run_dir}", f"submission:      {self.submission}"]
-        lines += [f"checkpoint {t + ':':<7}{p}" for t, p in self.checkpoints.items()]
-        lines += [f"index:           {self.index_dir}"]
-        lines += [f"report {n + ':':<9}{p}" for n, p in self.reports.items()]
-        for step, values in self.metrics.items():
-            shown = ", ".join(
-                f"{k} {v:.4f}" for k, v in values.items() if k in ("val_accuracy", "val_macro_f1")
-            )
-            if shown:
-                lines.append(f"metrics {step}: {shown}")
+        """Where things are, and the scores: what a person reads after a run."""
+        lines = [f"run folder:     {self.run_dir}"]
         if self.log_path:
-            lines.append(f"log:             {self.log_path}")
+            lines.append(f"full log:       {self.log_path}")
+        lines.append(f"checkpoints:    {', '.join(str(p) for p in self.checkpoints.values())}")
+        validation = [
+            f"{step} {values['val_macro_f1']:.4f}"
+            for step, values in sorted(self.metrics.items())
+            if "val_macro_f1" in values
+        ]
+        if validation:
+            lines.append(f"val macro-F1:   {', '.join(validation)}")
+        if self.scores is not None:
+            from maskpipe.evaluate import format_scores
+
+            lines += ["", f"scores against {self.scores['truth']}:", format_scores(self.scores, detail=False)]
+            lines.append(f"per class and confusion matrix: {self.output_dir / 'scores.json'}")
+        lines += ["", f"submission.csv: {self.submission}"]
         return "\n".join(lines)
 
 
@@ -54,8 +60,10 @@ def run_local(
 ) -> LocalRun:
     """Run the whole pipeline here with kfp.local.SubprocessRunner(use_venv=False).
 
-    Each step runs as a subprocess of this Python, with this environment. On failure raises
-    PipelineRunError naming the step (display name) and the last error line of its log.
+    Each step runs as a subprocess of this Python, with this environment. The terminal shows
+    one line per step start and end and training's epoch lines; everything else kfp.local
+    prints goes to ``output_dir/run-local.log``. On failure raises PipelineRunError naming the
+    step (display name), the last error line of its log and the log's tail.
     """
     from kfp import local
 
@@ -77,13 +85,11 @@ def run_local(
         raise_on_error=True,
     )
     before = set(runs_root.iterdir())
-    with _tee_stdout(log_path) as captured:
+    with console_to(log_path, display_names) as console:
         try:
             pipeline_func(**arguments)
         except RuntimeError as exc:
-            raise PipelineRunError(
-                _failure_message(str(exc), captured.getvalue(), display_names, log_path)
-            ) from None
+            raise PipelineRunError(_failure_message(str(exc), console, log_path)) from None
     new_dirs = sorted(p for p in set(runs_root.iterdir()) - before if p.is_dir())
     if not new_dirs:
         raise PipelineRunError(f"kfp.local wrote no run folder under {runs_root}")
@@ -136,69 +142,24 @@ def _metrics_from_executor_output(path: Path) -> Dict[str, Any]:
     return {k: float(v) for k, v in values.items() if isinstance(v, (int, float))}
 
 
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _ERROR_LINE = re.compile(r"^\s*((?:[A-Za-z_][\w.]*\.)?[A-Z]\w*(?:Error|Exception|Exit)\b.*)$")
 
 
-def _failure_message(
-    error: str, log: str, display_names: Dict[str, str], log_path: Path
-) -> str:
-    """Name the failed step and quote the last error line of its streamed log."""
-    error = _ANSI.sub("", error)
-    log = _ANSI.sub("", log)
+def _failure_message(error: str, console: StepConsole, log_path: Path) -> str:
+    """Name the failed step, quote the last error line of its log, then the log's tail."""
+    error = ANSI.sub("", error)
     match = re.search(r"Inner task failed: '?([\w-]+)", error)
     key = match.group(1) if match else None
-    step = display_names.get(key, key) if key else "unknown step"
-    section = log
-    if key:
-        start = log.rfind(f"Executing task '{key}'")
-        end = log.find(f"Task '{key}' finished", start if start >= 0 else 0)
-        if start >= 0:
-            section = log[start : end if end > start else len(log)]
-    causes = [m.group(1).strip() for m in map(_ERROR_LINE.match, section.splitlines()) if m]
+    step = console.name(key) if key else "unknown step"
+    step_log = console.step_log(key) if key else []
+    causes = [m.group(1).strip() for m in map(_ERROR_LINE.match, step_log) if m]
     cause = causes[-1] if causes else error.strip()
-    return f"step {step} (task {key}) failed: {cause}\nfull log: {log_path}"
-
-
-class _Tee:
-    """Write to the real stdout and keep a copy (kfp.local prints each step's log)."""
-
-    def __init__(self, stream, log_file):
-        self._stream = stream
-        self._log_file = log_file
-        self._parts: List[str] = []
-
-    def write(self, text: str) -> int:
-        self._stream.write(text)
-        self._log_file.write(text)
-        self._parts.append(text)
-        return len(text)
-
-    def flush(self) -> None:
-        self._stream.flush()
-        self._log_file.flush()
-
-    def getvalue(self) -> str:
-        return "".join(self._parts)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._stream, name)
-
-
-class _tee_stdout:
-    def __init__(self, log_path: Path):
-        self._log_path = log_path
-
-    def __enter__(self) -> _Tee:
-        self._log_file = open(self._log_path, "w", encoding="utf-8")
-        self._saved = sys.stdout
-        self._tee = _Tee(sys.stdout, self._log_file)
-        sys.stdout = self._tee
-        return self._tee
-
-    def __exit__(self, *exc) -> None:
-        sys.stdout = self._saved
-        self._log_file.close()
+    lines = [f"step {step} (task {key}) failed: {cause}"]
+    if step_log:
+        lines.append("last lines of its log:")
+        lines += [f"  | {line}" for line in step_log[-TAIL_LINES:]]
+    lines.append(f"full log: {log_path}")
+    return "\n".join(lines)
 
 
 def _is_s3(uri: str) -> bool:

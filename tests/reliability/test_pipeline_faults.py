@@ -72,8 +72,17 @@ def test_run_local_cli_reports_the_failed_step_on_stderr(tmp_path):
         cwd=REPO, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert result.returncode == 1
-    last_line = [line for line in result.stderr.splitlines() if line.strip()][-2]
-    assert "step index-data" in last_line and "absent" in last_line
+    lines = result.stderr.splitlines()
+    (first,) = [line for line in lines if line.startswith("pipeline.py run-local: step ")]
+    assert "step index-data" in first and "absent" in first
+    # the tail of the step's own log follows, then where the whole log is
+    assert "last lines of its log:" in lines
+    assert any(line.startswith("  | ") and "absent" in line for line in lines)
+    assert lines[-1] == f"full log: {tmp_path / 'out' / 'run-local.log'}"
+    # the terminal got one line per step start and end, not kfp's executor JSON
+    started, ended = result.stdout.splitlines()
+    assert started == "index-data      started"
+    assert re.fullmatch(r"index-data +failure in \d+\.\d s", ended), ended
 
 
 # ---------------------------------------------------------------------------------------------
