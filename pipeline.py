@@ -175,11 +175,11 @@ def _configure(
     gpu: bool,
     shm: bool = False,
 ) -> None:
-    """Apply the cluster settings of one step (nothing for local runs)."""
-    if not options.cluster:
-        return
+    """Apply the image and the cluster settings of one step (only the image for local runs)."""
     if options.image != IMAGE:
         task.set_container_image(options.image)
+    if not options.cluster:
+        return
     task.set_cpu_request(resources.cpu_request).set_cpu_limit(resources.cpu_limit)
     task.set_memory_request(resources.memory_request).set_memory_limit(resources.memory_limit)
     if gpu and options.gpus > 0:

@@ -32,7 +32,6 @@ import os
 import random
 import re
 import shutil
-import tempfile
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
@@ -41,7 +40,7 @@ from pathlib import Path, PurePosixPath
 from typing import Callable, Mapping, TypeVar
 from urllib.parse import urlsplit
 
-from maskpipe.atomic import atomic_path
+from maskpipe.atomic import atomic_path, temporary_file_beside
 from maskpipe.errors import StorageError
 
 log = logging.getLogger(__name__)
@@ -839,9 +838,7 @@ def _fetch_once(bucket: _Bucket, obj: _RemoteObject, target: Path, durable: bool
         with atomic_path(target) as tmp:
             _stream_to(bucket, obj, tmp)
         return
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    tmp = temporary_file_beside(target, suffix=".part")
     try:
         _stream_to(bucket, obj, tmp)
         os.replace(tmp, target)
