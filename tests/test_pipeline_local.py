@@ -21,12 +21,14 @@ from maskpipe.metrics import classification_metrics
 pytestmark = pytest.mark.slow
 
 DECLARED_OUTPUTS = {
-    "index-data": {"index": "dir", "report": "file"},
-    "train-mask": {"model": "dir", "metrics": None, "confusion_matrix": None},
-    "train-gender": {"model": "dir", "metrics": None, "confusion_matrix": None},
-    "train-age": {"model": "dir", "metrics": None, "confusion_matrix": None},
-    "ensemble-infer": {"submission": "file", "report": "file", "metrics": None, "confusion_matrix": None},
-}
+    "index-data": {"index": "dir", "report": "file", "html_report": "file"},
+    "train-mask": {"model": "dir", "metrics": None, "confusion_matrix": None, "html_report": "file"},
+    "train-gender": {"model": "dir", "metrics": None, "confusion_matrix": None, "html_report": "file"},
+    "train-age": {"model": "dir", "metrics": None, "confusion_matrix": None, "html_report": "file"},
+    "ensemble-infer": {
+        "submission": "file", "report": "file", "metrics": None, "confusion_matrix": None, "html_report": "file",
+    },
+}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
