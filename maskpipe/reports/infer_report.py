@@ -137,7 +137,7 @@ def _scores_section(page: Page, known: PredictionSet, scores: dict[str, Any]) ->
         heatmap(scores["confusion_matrix"], class_axis(), title="18 classes: true vs predicted"),
         bar_chart(
             class_axis(), {"F1": scores["per_class_f1"]},
-            title="F1 per class", ylabel="F1", horizontal=True, width=5.5, height=5.2, value_format="{:.2f}",
+            title="F1 per class", ylabel="F1", horizontal=True, width=5.5, height=5.2, value_format="{:.2f}", value_max=1.08,
         ),  # fmt: skip
     )
 

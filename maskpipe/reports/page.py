@@ -44,7 +44,7 @@ th{background:#f4f4f4}td.num{text-align:right}
 .card{width:112px;font-size:11px;line-height:1.3;overflow-wrap:anywhere;border:1px solid #ddd;padding:4px;border-radius:3px}
 .card img{display:block;margin:0 auto 3px}.card.wrong{border-color:#d33;background:#fff3f3}
 .card.right{border-color:#3a3}.note{color:#666;font-size:13px}
-.bad{color:#b00}
+.bad{color:#b00}.steps{list-style:none;padding:0}.steps li{margin-bottom:14px}
 """
 
 
@@ -159,8 +159,10 @@ def bar_chart(
     height: float = 3.2,
     stacked: bool = True,
     value_format: str = "{:.0f}",
+    value_max: float | None = None,
 ) -> str:
-    """Bars per name, one colour per series (stacked or side by side), totals written on them."""
+    """Bars per name, one colour per series (stacked or side by side), totals written on them;
+    ``value_max`` fixes the value axis (e.g. 1 for scores)."""
     fig = new_figure(width, height)
     ax = fig.add_subplot()
     positions = np.arange(len(names))
@@ -191,6 +193,8 @@ def bar_chart(
                 tick.set_horizontalalignment("right")
     ax.set_title(title, fontsize=11)
     ax.margins(**({"x": 0.12} if horizontal else {"y": 0.12}))
+    if value_max is not None:
+        (ax.set_xlim if horizontal else ax.set_ylim)(0, value_max)
     if len(series) > 1:
         ax.legend(fontsize=8, frameon=False)
     ax.spines[["top", "right"]].set_visible(False)

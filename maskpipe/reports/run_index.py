@@ -1,5 +1,8 @@
 """One ``report.html`` for a whole run: links to the step reports, openable in a browser.
 
+Each link comes with the step report's key facts (its first table), so the page answers
+"how did the run go" at a glance.
+
 The step reports are copied beside it (``reports/<step>.html``) and linked relatively: a
 browser shows a file as HTML only by its extension, and kfp.local names an HTML artifact
 without one (``.../index-data/html_report``); the copies also keep the run's reports together
@@ -51,10 +54,18 @@ def write_run_index(
             shutil.copyfile(source, tmp)
         link = copy.relative_to(out_path.parent).as_posix()
         size = source.stat().st_size / 1024
-        rows.append(f'<li><a href="{esc(link)}">{esc(step)}</a> <span class="meta">({size:.0f} KB)</span></li>')
+        facts = _FACTS.search(source.read_text(encoding="utf-8", errors="replace"))
+        rows.append(
+            f'<li><h3><a href="{esc(link)}">{esc(step)}</a> <span class="meta">({size:.0f} KB)</span></h3>'
+            f"{facts.group(0) if facts else ''}</li>"
+        )
     page = Page(title, f"{len(step_reports)} step reports")
-    page.parts.append(f"<ul>{''.join(rows)}</ul>")
+    page.parts.append(f'<ul class="steps">{"".join(rows)}</ul>')
     return write_page(page, out_path)
+
+
+# The key-facts table every step report starts with (written by Page.facts, escaped there).
+_FACTS = re.compile(r'<table class="facts">.*?</table>', re.S)
 
 
 def _file_name(step: str) -> str:

@@ -116,7 +116,7 @@ def _mistakes_gallery(page: Page, mistakes: dict[str, Any] | None, cache_dir: st
                 [
                     f"true: {names[m['true']]}",
                     f"pred: {names[m['predicted']]} ({m['probability']:.2f})",
-                    m["path"].rsplit("/", 2)[-2] if "/" in m["path"] else m["path"],
+                    *m["path"].split("/")[-2:],
                 ],
                 status="wrong",
             )
