@@ -40,7 +40,11 @@ window.addEventListener("load", () => {{
 
 
 def chromium() -> str | None:
-    return shutil.which("chromium") or shutil.which("chromium-browser")
+    """Debian's chromium; elsewhere (e.g. a GitHub runner) another Chromium build."""
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        if shutil.which(name):
+            return shutil.which(name)
+    return None
 
 
 def _run(args: list[str], timeout: float = 90) -> str:
