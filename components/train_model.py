@@ -36,7 +36,7 @@ def train_model(
         task: ``mask``, ``gender`` or ``age``.
         index: Folder written by ``index-data`` (``index.parquet`` is read).
         model: Output checkpoint folder (``model.safetensors``, ``checkpoint.json``,
-            ``config.yaml``, ``history.json``, ``metrics.json``).
+            ``config.yaml``, ``history.json``, ``metrics.json``, ``mistakes.json``).
         metrics: Scalar validation metrics of the chosen epoch.
         confusion_matrix: Validation confusion matrix of this task's classes.
         html_report: Visual report (``maskpipe.reports.write_train_report``, as ``maskpipe

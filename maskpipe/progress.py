@@ -65,7 +65,10 @@ def progress(
     if mode == _OFF:
         yield from items
     elif mode == _BAR:
-        from tqdm.auto import tqdm
+        # tqdm.std, not tqdm.auto: the auto (asyncio) class calls iter() on the iterable when
+        # created, so a DataLoader would start a second, thrown-away pass (workers, and a draw
+        # from its generator that changes the batches of the real pass).
+        from tqdm import tqdm
 
         with tqdm(items, total=total, desc=desc, unit=unit, file=stream, leave=leave, dynamic_ncols=True) as bar:
             yield from bar
@@ -85,7 +88,7 @@ class Progress:
         self._bar = None
         self._lines: _LineReporter | None = None
         if self._mode == _BAR:
-            from tqdm.auto import tqdm
+            from tqdm import tqdm
 
             self._bar = tqdm(total=total, desc=desc, unit=unit, file=self._stream, dynamic_ncols=True)
         elif self._mode == _LINES:

@@ -750,17 +750,22 @@ def build_task_data(
         train_set, batch_size=t.batch_size, train=True, num_workers=workers, device=device,
         generator=generator, sampler=sampler,
     )
-    def eval_loader(rows: np.ndarray):
+    def eval_loader(rows: np.ndarray, loader_generator: torch.Generator | None = None):
         rows_set = ImageDataset(Subset(source, rows), eval_labels[rows])
-        return make_loader(rows_set, batch_size=max(t.batch_size, 64), train=False, num_workers=workers, device=device)
+        return make_loader(
+            rows_set, batch_size=max(t.batch_size, 64), train=False, num_workers=workers, device=device,
+            generator=loader_generator,
+        )  # fmt: skip
 
     val_loader = None
     if len(val_rows):
         val_loader = eval_loader(val_rows)
         review = Review("val", val_loader, val_rows, eval_labels[val_rows], frame["path"].tolist(), data_root)
     else:
+        # Its own generators: reviewing must not move the random streams training draws from.
         sample = np.sort(np.random.default_rng(t.seed).permutation(train_rows)[:REVIEW_SAMPLE])
-        review = Review("train", eval_loader(sample), sample, eval_labels[sample], frame["path"].tolist(), data_root)
+        review_loader = eval_loader(sample, torch.Generator().manual_seed(t.seed))
+        review = Review("train", review_loader, sample, eval_labels[sample], frame["path"].tolist(), data_root)
     counts = np.bincount(labels[train_rows], minlength=NUM_CLASSES[task]).tolist()
     log.info(
         "%s: %d training images (classes %s), %d validation images, %d loader workers, %s path",

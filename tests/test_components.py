@@ -138,7 +138,7 @@ def test_index_data_fails_naming_a_missing_data_root(tmp_path):
 def test_train_model_writes_a_checkpoint_folder(trained, task):
     model, _, _ = trained[task]
     folder = Path(model.path)
-    for name in ("model.safetensors", "checkpoint.json", "config.yaml", "history.json", "metrics.json"):
+    for name in ("model.safetensors", "checkpoint.json", "config.yaml", "history.json", "metrics.json", "mistakes.json"):
         assert (folder / name).is_file(), name
     # the resume state is for restarting the step, not part of the artifact
     assert not (folder / "state").exists()

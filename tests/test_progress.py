@@ -56,6 +56,30 @@ def test_on_a_terminal_the_bar_redraws_in_place():
     assert "\r" in text and "decode" in text and "50/50" in text
 
 
+class CountedPasses:
+    """An iterable that counts how often a pass over it starts (as a DataLoader would start
+    its workers and draw a seed)."""
+
+    def __init__(self, n: int) -> None:
+        self.n, self.passes = n, 0
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        self.passes += 1
+        return iter(range(self.n))
+
+
+@pytest.mark.parametrize("setting", ["bar", "lines", "0"])
+def test_every_mode_makes_exactly_one_pass_over_the_items(monkeypatch, setting):
+    # Training must draw the same batches on a terminal and in a pod log.
+    monkeypatch.setenv("MASKPIPE_PROGRESS", setting)
+    items = CountedPasses(20)
+    assert list(progress(items, desc="train", stream=Terminal())) == list(range(20))
+    assert items.passes == 1
+
+
 def test_in_a_log_a_line_every_interval_and_one_at_the_end(monkeypatch):
     # each clock call advances 2 s: with a 5 s interval, a line about every third item
     monkeypatch.setattr(progress_module.time, "monotonic", FakeClock(2.0))

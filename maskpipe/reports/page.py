@@ -83,6 +83,10 @@ class Page:
             where = f"; all of them are in {more_in}" if more_in else ""
             self.paragraph(f"... and {len(rows) - MAX_TABLE_ROWS} more rows{where}")
 
+    def html(self, fragment: str) -> None:
+        """Append markup as it is (built from escaped parts by the caller)."""
+        self.parts.append(fragment)
+
     def gallery(self, cards: Sequence[str]) -> None:
         self.parts.append(f'<div class="gallery">{"".join(cards)}</div>')
 

@@ -60,7 +60,7 @@ def write_run_index(
             f"{facts.group(0) if facts else ''}</li>"
         )
     page = Page(title, f"{len(step_reports)} step reports")
-    page.parts.append(f'<ul class="steps">{"".join(rows)}</ul>')
+    page.html(f'<ul class="steps">{"".join(rows)}</ul>')
     return write_page(page, out_path)
 
 
