@@ -31,9 +31,11 @@ class LocalRun:
     index_dir: Path
     checkpoints: Dict[str, Path]
     reports: Dict[str, Path]
+    html_reports: Dict[str, Path]  # step name -> its HTML report, in pipeline order
     metrics: Dict[str, Dict[str, Any]]
     scores: Optional[Dict[str, Any]] = None
     log_path: Optional[Path] = None
+    report: Optional[Path] = None  # report.html linking the step reports
 
     def summary(self) -> str:
         """Where things are, and the scores: what a person reads after a run."""
@@ -53,7 +55,10 @@ class LocalRun:
 
             lines += ["", f"scores against {self.scores['truth']}:", format_scores(self.scores, detail=False)]
             lines.append(f"per class and confusion matrix: {self.output_dir / 'scores.json'}")
-        lines += ["", f"submission.csv: {self.submission}"]
+        lines.append("")
+        if self.report:
+            lines.append(f"report:         {self.report}")
+        lines.append(f"submission.csv: {self.submission}")
         return "\n".join(lines)
 
 
@@ -132,6 +137,11 @@ def run_local(
         from maskpipe.evaluate import evaluate_files
 
         run.scores = evaluate_files(run.submission, truth, json_path=output_dir / "scores.json")
+    from maskpipe.reports import write_run_index
+
+    run.report = write_run_index(
+        run.html_reports, output_dir / "report.html", title=f"Pipeline run {run.run_dir.name}"
+    )
     return run
 
 
@@ -158,8 +168,15 @@ def collect_local_run(
             "index": by_name["index-data"] / "report",
             "inference": infer_dir / "report",
         },
+        html_reports={name: by_name[name] / "html_report" for name in _in_pipeline_order(by_name)},
         metrics=metrics,
     )
+
+
+def _in_pipeline_order(names) -> list:
+    """Indexing first, then the trainings, the ensemble, and whatever follows it."""
+    order = ["index-data", *(f"train-{task}" for task in TASKS), "ensemble-infer"]
+    return sorted(names, key=lambda name: (order.index(name) if name in order else len(order), name))
 
 
 def _metrics_from_executor_output(path: Path) -> Dict[str, Any]:
