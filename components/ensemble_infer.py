@@ -118,7 +118,9 @@ def ensemble_infer(
     from maskpipe.reports import PredictionSet, write_infer_report
     from maskpipe.reports.infer_report import find_eval_truth, submission_set
 
-    sets = [submission_set(result, find_eval_truth(result.data_root))]
+    truth = find_eval_truth(result.data_root)
+    facts = [("TTA", "on" if tta else "off")] + ([("truth", str(truth))] if truth else [])
+    sets = [submission_set(result, truth)]
     if scores is not None:
         sets.append(
             PredictionSet(
@@ -126,4 +128,4 @@ def ensemble_infer(
                 val_probs, val["class"].to_numpy(),
             )  # fmt: skip
         )
-    write_infer_report(sets, html_report.path, facts=[("TTA", "on" if tta else "off")])
+    write_infer_report(sets, html_report.path, facts=facts)

@@ -23,7 +23,7 @@ from maskpipe.data.index import read_index
 from maskpipe.evaluate import read_answers, score_classes
 from maskpipe.labels import CLASS_NAMES, MASK_NAMES
 from maskpipe.reports import PredictionSet, write_index_report, write_infer_report, write_run_index, write_train_report
-from maskpipe.reports.page import MAX_REPORT_BYTES, MAX_TABLE_ROWS
+from maskpipe.reports.page import MAX_REPORT_BYTES, MAX_TABLE_ROWS, esc
 from tiny import TINY_OVERRIDES
 
 REPO = Path(__file__).resolve().parent.parent
@@ -216,3 +216,18 @@ def test_infer_refuses_a_truth_file_of_another_eval_set(run, tmp_path, capsys):
         "--workers", "0", "--truth", str(wrong),
     )  # fmt: skip
     assert str(wrong) in line and "lacks 28 of the 28 eval images" in line
+
+
+def test_index_report_lists_skipped_files_and_label_corrections_with_their_reasons(tmp_path):
+    from datafactory import make_dataset, truncate
+    from maskpipe.data.index import build_index
+
+    data = make_dataset(tmp_path / "data", eval_images=0)
+    broken = truncate(data.image("000004_male_Asian_33", "mask3"))
+    fixes = tmp_path / "fixes.yaml"
+    fixes.write_text("corrections:\n  - {id: '000002', gender: female, note: reported as mislabelled}\n")
+    result = build_index(str(data.root), tmp_path / "index.parquet", corrections=str(fixes))
+    text = write_index_report(result.train, result.report, tmp_path / "index.html").read_text()
+    (skipped,) = result.report["skipped_files"]
+    assert f"<tr><td>{broken.relative_to(data.root).as_posix()}</td><td>{esc(skipped['reason'])}</td></tr>" in text
+    assert "<tr><td>000002_male_Asian_20</td><td>gender</td><td>male</td><td>female</td><td>reported as mislabelled</td></tr>" in text
