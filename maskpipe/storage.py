@@ -883,11 +883,12 @@ def _run_parallel(tasks: list[Callable[[], None]], workers: int, *, desc: str, f
     """Run ``tasks`` on a thread pool with a progress bar; stop at the first failure."""
     if not tasks:
         return
-    from tqdm.auto import tqdm
+    from maskpipe.progress import Progress
 
     with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix=f"s3-{desc}") as pool:
         futures: list[Future[None]] = [pool.submit(task) for task in tasks]
-        with tqdm(total=len(futures), desc=desc, unit="file", disable=None if len(tasks) > 50 else True) as bar:
+        # A handful of files (the per-epoch resume mirror) is not worth a bar.
+        with Progress(len(futures), desc=desc, unit="file", enabled=len(tasks) > 50) as bar:
             for future in as_completed(futures):
                 error = future.exception()
                 if error is not None:

@@ -15,6 +15,7 @@ from pipeline_cli.arguments import (
     param_args,
     pipeline_arguments,
 )
+from pipeline_cli.api_errors import ClusterError
 from pipeline_cli.cluster import submit, upload
 from pipeline_cli.local_run import PipelineRunError, run_local
 
@@ -75,7 +76,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_compile(args: argparse.Namespace) -> None:
-    path = compile_pipeline(options_from_args(args), args.output)
+    try:
+        path = compile_pipeline(options_from_args(args), args.output)
+    except OSError as exc:
+        blocked = Path(exc.filename or args.output)
+        cause = f"{blocked} is a file, not a folder" if blocked.is_file() and blocked != args.output else (
+            f"{blocked}: {exc.strerror}"
+        )
+        raise ClusterError(
+            f"cannot write {args.output} ({cause}); choose a path you can write with -o, "
+            "e.g. -o pipeline.yaml"
+        ) from None
     print(f"compiled {path}")
 
 
@@ -88,14 +99,6 @@ def _cmd_run_local(args: argparse.Namespace) -> None:
                     image=image)
     print()
     print(run.summary())
-    if run.scores is not None:
-        from maskpipe.evaluate import format_scores
-
-        print()
-        print(f"scores against {run.scores['truth']}:")
-        print(format_scores(run.scores))
-    print()
-    print(f"submission.csv: {run.submission}")
 
 
 def _cmd_submit(args: argparse.Namespace) -> None:
@@ -121,6 +124,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
+    except ClusterError as exc:
+        print(f"pipeline.py {args.command}: error: {exc}", file=sys.stderr)
+        return 2
     except PipelineRunError as exc:
         print(f"pipeline.py {args.command}: {exc}", file=sys.stderr)
         return 1

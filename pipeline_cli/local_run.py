@@ -9,12 +9,12 @@ import dataclasses
 import json
 import re
 import shutil
-import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Optional
 
 from pipeline import LOCAL_OPTIONS, TASKS, PipelineOptions, make_pipeline
+from pipeline_cli.console import ANSI, TAIL_LINES, StepConsole, console_to
 
 
 class PipelineRunError(RuntimeError):
@@ -31,23 +31,34 @@ class LocalRun:
     index_dir: Path
     checkpoints: Dict[str, Path]
     reports: Dict[str, Path]
+    html_reports: Dict[str, Path]  # step name -> its HTML report, in pipeline order
     metrics: Dict[str, Dict[str, Any]]
     scores: Optional[Dict[str, Any]] = None
     log_path: Optional[Path] = None
+    report: Optional[Path] = None  # report.html linking the step reports
 
     def summary(self) -> str:
-        lines = [f"run folder:      {self.run_dir}", f"submission:      {self.submission}"]
-        lines += [f"checkpoint {t + ':':<7}{p}" for t, p in self.checkpoints.items()]
-        lines += [f"index:           {self.index_dir}"]
-        lines += [f"report {n + ':':<9}{p}" for n, p in self.reports.items()]
-        for step, values in self.metrics.items():
-            shown = ", ".join(
-                f"{k} {v:.4f}" for k, v in values.items() if k in ("val_accuracy", "val_macro_f1")
-            )
-            if shown:
-                lines.append(f"metrics {step}: {shown}")
+        """Where things are, and the scores: what a person reads after a run."""
+        lines = [f"run folder:     {self.run_dir}"]
         if self.log_path:
-            lines.append(f"log:             {self.log_path}")
+            lines.append(f"full log:       {self.log_path}")
+        lines.append(f"checkpoints:    {', '.join(str(p) for p in self.checkpoints.values())}")
+        validation = [
+            f"{step} {values['val_macro_f1']:.4f}"
+            for step, values in sorted(self.metrics.items())
+            if "val_macro_f1" in values
+        ]
+        if validation:
+            lines.append(f"val macro-F1:   {', '.join(validation)}")
+        if self.scores is not None:
+            from maskpipe.evaluate import format_scores
+
+            lines += ["", f"scores against {self.scores['truth']}:", format_scores(self.scores, detail=False)]
+            lines.append(f"per class and confusion matrix: {self.output_dir / 'scores.json'}")
+        lines.append("")
+        if self.report:
+            lines.append(f"report:         {self.report}")
+        lines.append(f"submission.csv: {self.submission}")
         return "\n".join(lines)
 
 
@@ -63,9 +74,11 @@ def run_local(
 
     Without ``image`` each step runs as a subprocess of this Python, with this environment
     (``SubprocessRunner(use_venv=False)``). With ``image`` each step runs in a container of
-    that image (``DockerRunner``), the image compiled into every step. On failure raises
-    PipelineRunError naming the step (display name) and the cause from its log; the outputs
-    of the steps that ran stay under ``output_dir/runs``.
+    that image (``DockerRunner``), the image compiled into every step. The terminal shows one
+    line per step start and end and training's epoch lines; everything else kfp.local prints
+    goes to ``output_dir/run-local.log``. On failure raises PipelineRunError naming the step
+    (display name), the cause and the tail of its log; the outputs of the steps that ran stay
+    under ``output_dir/runs``.
     """
     from kfp import local
 
@@ -99,16 +112,16 @@ def run_local(
         if in_containers is not None:
             stack.enter_context(containers.group_writable_root(runs_root))
             stack.enter_context(containers.steps_in_containers(in_containers))
-        captured = stack.enter_context(_tee_stdout(log_path))
+        console = stack.enter_context(console_to(log_path, display_names))
         try:
             pipeline_func(**arguments)
         except RuntimeError as exc:
-            message = _failure_message(str(exc), captured.getvalue(), display_names, log_path)
+            message = _failure_message(str(exc), console, log_path)
             failed = in_containers.failed_step() if in_containers is not None else None
             if failed is not None:
                 key = _failed_task_key(str(exc))
                 message = containers.failure_message(
-                    display_names.get(key, key or "unknown step"), key or "?", failed,
+                    console.name(key) if key else "unknown step", key or "?", failed,
                     in_containers.image,
                 ) + f"\nthe other steps' outputs: {runs_root}\nfull log: {log_path}"
             raise PipelineRunError(message) from None
@@ -124,6 +137,11 @@ def run_local(
         from maskpipe.evaluate import evaluate_files
 
         run.scores = evaluate_files(run.submission, truth, json_path=output_dir / "scores.json")
+    from maskpipe.reports import write_run_index
+
+    run.report = write_run_index(
+        run.html_reports, output_dir / "report.html", title=f"Pipeline run {run.run_dir.name}"
+    )
     return run
 
 
@@ -150,8 +168,15 @@ def collect_local_run(
             "index": by_name["index-data"] / "report",
             "inference": infer_dir / "report",
         },
+        html_reports={name: by_name[name] / "html_report" for name in _in_pipeline_order(by_name)},
         metrics=metrics,
     )
+
+
+def _in_pipeline_order(names) -> list:
+    """Indexing first, then the trainings, the ensemble, and whatever follows it."""
+    order = ["index-data", *(f"train-{task}" for task in TASKS), "ensemble-infer"]
+    return sorted(names, key=lambda name: (order.index(name) if name in order else len(order), name))
 
 
 def _metrics_from_executor_output(path: Path) -> Dict[str, Any]:
@@ -164,74 +189,28 @@ def _metrics_from_executor_output(path: Path) -> Dict[str, Any]:
     return {k: float(v) for k, v in values.items() if isinstance(v, (int, float))}
 
 
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _ERROR_LINE = re.compile(r"^\s*((?:[A-Za-z_][\w.]*\.)?[A-Z]\w*(?:Error|Exception|Exit)\b.*)$")
 
 
-def _failure_message(
-    error: str, log: str, display_names: Dict[str, str], log_path: Path
-) -> str:
-    """Name the failed step and quote the last error line of its streamed log."""
-    error = _ANSI.sub("", error)
-    log = _ANSI.sub("", log)
+def _failure_message(error: str, console: StepConsole, log_path: Path) -> str:
+    """Name the failed step, quote the last error line of its log, then the log's tail."""
     key = _failed_task_key(error)
-    step = display_names.get(key, key) if key else "unknown step"
-    section = log
-    if key:
-        start = log.rfind(f"Executing task '{key}'")
-        end = log.find(f"Task '{key}' finished", start if start >= 0 else 0)
-        if start >= 0:
-            section = log[start : end if end > start else len(log)]
-    causes = [m.group(1).strip() for m in map(_ERROR_LINE.match, section.splitlines()) if m]
-    cause = causes[-1] if causes else error.strip()
-    return f"step {step} (task {key}) failed: {cause}\nfull log: {log_path}"
+    step = console.name(key) if key else "unknown step"
+    step_log = console.step_log(key) if key else []
+    causes = [m.group(1).strip() for m in map(_ERROR_LINE.match, step_log) if m]
+    cause = causes[-1] if causes else ANSI.sub("", error).strip()
+    lines = [f"step {step} (task {key}) failed: {cause}"]
+    if step_log:
+        lines.append("last lines of its log:")
+        lines += [f"  | {line}" for line in step_log[-TAIL_LINES:]]
+    lines.append(f"full log: {log_path}")
+    return "\n".join(lines)
 
 
 def _failed_task_key(error: str) -> Optional[str]:
     """The task key (e.g. ``train-model-2``) in kfp.local's error for a failed pipeline."""
-    match = re.search(r"Inner task failed: '?([\w-]+)", _ANSI.sub("", error))
+    match = re.search(r"Inner task failed: '?([\w-]+)", ANSI.sub("", error))
     return match.group(1) if match else None
-
-
-class _Tee:
-    """Write to the real stdout and keep a copy (kfp.local prints each step's log)."""
-
-    def __init__(self, stream, log_file):
-        self._stream = stream
-        self._log_file = log_file
-        self._parts: List[str] = []
-
-    def write(self, text: str) -> int:
-        self._stream.write(text)
-        self._log_file.write(text)
-        self._parts.append(text)
-        return len(text)
-
-    def flush(self) -> None:
-        self._stream.flush()
-        self._log_file.flush()
-
-    def getvalue(self) -> str:
-        return "".join(self._parts)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._stream, name)
-
-
-class _tee_stdout:
-    def __init__(self, log_path: Path):
-        self._log_path = log_path
-
-    def __enter__(self) -> _Tee:
-        self._log_file = open(self._log_path, "w", encoding="utf-8")
-        self._saved = sys.stdout
-        self._tee = _Tee(sys.stdout, self._log_file)
-        sys.stdout = self._tee
-        return self._tee
-
-    def __exit__(self, *exc) -> None:
-        sys.stdout = self._saved
-        self._log_file.close()
 
 
 def _is_s3(uri: str) -> bool:

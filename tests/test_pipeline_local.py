@@ -7,7 +7,10 @@ against eval_truth.csv) and that every artifact the pipeline declares was writte
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -22,16 +25,19 @@ from maskpipe.metrics import classification_metrics
 pytestmark = pytest.mark.slow
 
 DECLARED_OUTPUTS = {
-    "index-data": {"index": "dir", "report": "file"},
-    "train-mask": {"model": "dir", "metrics": None, "confusion_matrix": None},
-    "train-gender": {"model": "dir", "metrics": None, "confusion_matrix": None},
-    "train-age": {"model": "dir", "metrics": None, "confusion_matrix": None},
-    "ensemble-infer": {"submission": "file", "report": "file", "metrics": None, "confusion_matrix": None},
-}
+    "index-data": {"index": "dir", "report": "file", "html_report": "file"},
+    "train-mask": {"model": "dir", "metrics": None, "confusion_matrix": None, "html_report": "file"},
+    "train-gender": {"model": "dir", "metrics": None, "confusion_matrix": None, "html_report": "file"},
+    "train-age": {"model": "dir", "metrics": None, "confusion_matrix": None, "html_report": "file"},
+    "ensemble-infer": {
+        "submission": "file", "report": "file", "metrics": None, "confusion_matrix": None, "html_report": "file",
+    },
+}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
-def local_run(tmp_path_factory) -> LocalRun:
+def console_and_run(tmp_path_factory) -> tuple[str, LocalRun]:
+    """What the terminal showed during the run (plus the summary run-local prints), and the run."""
     root = tmp_path_factory.mktemp("e2e")
     # The size the smoke recipe was tuned on (docs/presets.md): fewer people do not generalise.
     # 30 eval people (210 images) cost seconds and make the 18-class score a measurement.
@@ -50,7 +56,15 @@ def local_run(tmp_path_factory) -> LocalRun:
         "overrides": [],
         "resume_bucket": "",
     }
-    return run_local(arguments, root / "out")
+    terminal = io.StringIO()
+    with contextlib.redirect_stdout(terminal):
+        run = run_local(arguments, root / "out")
+    return terminal.getvalue() + "\n" + run.summary() + "\n", run
+
+
+@pytest.fixture(scope="module")
+def local_run(console_and_run) -> LocalRun:
+    return console_and_run[1]
 
 
 def chance_macro_f1(truth: np.ndarray, rounds: int = 200) -> float:
@@ -113,6 +127,28 @@ def test_checkpoints_and_reports_are_where_the_summary_says(local_run):
     summary = local_run.summary()
     assert str(local_run.submission) in summary
     assert all(str(folder) in summary for folder in local_run.checkpoints.values())
+
+
+def test_console_is_short_and_names_each_step_its_duration_and_the_scores(console_and_run):
+    console, run = console_and_run
+    lines = console.splitlines()
+    assert len(lines) < 80, console
+    for step in ("index-data", "train-mask", "train-gender", "train-age", "ensemble-infer"):
+        assert any(re.match(rf"{step} +started$", line) for line in lines), (step, console)
+        assert any(re.match(rf"{step} +done in \d", line) for line in lines), (step, console)
+    assert len([line for line in lines if re.match(r"  (mask|gender|age) epoch \d+/\d+: ", line)]) >= 3
+    assert f"macro-F1 {run.scores['macro_f1']:.4f}" in console
+    assert console.splitlines()[-2] == f"report:         {run.report}"
+
+
+def test_run_report_links_every_step_report(local_run):
+    page = local_run.report.read_text()
+    for step in ("index-data", "train-mask", "train-gender", "train-age", "ensemble-infer"):
+        assert f'href="reports/{step}.html"' in page, step
+        assert (local_run.report.parent / "reports" / f"{step}.html").is_file(), step
+    assert str(run.log_path) in console
+    # the executor JSON went to the log, not the terminal
+    assert "executor_input" not in console and "executor_input" in run.log_path.read_text()
 
 
 def test_validation_metrics_of_the_ensemble_are_reported(local_run):

@@ -10,10 +10,13 @@ pipeline root and the auth header or cookie. It says nothing about how a real ba
 from __future__ import annotations
 
 import json
+import socket
 import threading
+import time
 import urllib.parse
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
@@ -46,6 +49,9 @@ class FakeKfp:
     runs: dict[str, dict] = field(default_factory=dict)
     pipelines: dict[str, dict] = field(default_factory=dict)
     run_state: str = "SUCCEEDED"
+    # (method, path) -> (status, body, extra headers): what an auth proxy or a broken backend
+    # answers instead of the API
+    forced: dict[tuple[str, str], tuple[int, Any, dict[str, str]]] = field(default_factory=dict)
 
     def find(self, method: str, path: str) -> list[Request]:
         return [r for r in self.requests if r.method == method and r.path == path]
@@ -120,10 +126,16 @@ def fake_kfp(tmp_path, monkeypatch) -> Iterator[FakeKfp]:
                 body=self.rfile.read(length),
             )
             state.requests.append(request)
-            status, payload = state.respond(request)
-            data = json.dumps(payload).encode()
+            headers: dict[str, str] = {"Content-Type": "application/json"}
+            if (request.method, request.path) in state.forced:
+                status, payload, extra = state.forced[(request.method, request.path)]
+                headers.update(extra)
+            else:
+                status, payload = state.respond(request)
+            data = payload.encode() if isinstance(payload, str) else json.dumps(payload).encode()
             self.send_response(status)
-            self.send_header("Content-Type", "application/json")
+            for name, value in headers.items():
+                self.send_header(name, value)
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
             self.wfile.write(data)
@@ -266,3 +278,97 @@ def test_submit_without_host_says_how_to_get_one(monkeypatch):
     with pytest.raises(SystemExit) as exc:
         pipeline_cli.main(["submit", "--data", "s3://b/p"])
     assert "--host" in str(exc.value.code) and "port-forward" in str(exc.value.code)
+
+
+# ---------------------------------------------------------------------------------------------
+# user errors: one or two lines that name the cause and the fix, within seconds
+
+
+def run_failing(argv: list[str], capsys) -> str:
+    """Run the CLI, expect exit status 2 within seconds, return stderr (two lines at most)."""
+    started = time.monotonic()
+    assert pipeline_cli.main(argv) == 2
+    assert time.monotonic() - started < 10
+    captured = capsys.readouterr()
+    lines = [line for line in captured.err.splitlines() if line.strip()]
+    assert 1 <= len(lines) <= 2, captured.err
+    assert "Traceback" not in captured.err + captured.out
+    return captured.err
+
+
+def closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]  # closed again when the block ends: nothing listens
+
+
+@pytest.mark.parametrize("command", ["submit", "upload"])
+def test_host_not_port_forwarded_says_to_port_forward(command, fake_kfp, capsys):
+    host = f"http://127.0.0.1:{closed_port()}"
+    argv = [command, "--host", host, "--token", "t"] + (["--data", "s3://b/p"] if command == "submit" else [])
+    err = run_failing(argv, capsys)
+    assert f"pipeline.py {command}: error: cannot reach the Kubeflow Pipelines API at {host}" in err
+    assert "connection refused" in err and "port-forward svc/ml-pipeline-ui" in err
+
+
+def test_unknown_host_name_says_to_check_the_spelling(fake_kfp, capsys):
+    err = run_failing(submit_args(fake_kfp, "--host", "http://no-such-host.invalid:8080"), capsys)
+    assert "cannot resolve the host name" in err and "no-such-host.invalid" in err
+
+
+def test_https_to_a_plain_http_port_says_to_use_http(fake_kfp, capsys):
+    host = fake_kfp.url.replace("http://", "https://")
+    err = run_failing(submit_args(fake_kfp, "--host", host, "--token", "t"), capsys)
+    assert f"TLS handshake with {host} failed" in err and "use http://" in err
+
+
+@pytest.mark.parametrize("status", [401, 403])
+def test_auth_proxy_refusal_says_how_to_authenticate(status, fake_kfp, capsys):
+    fake_kfp.forced[("GET", f"{API}/healthz")] = (status, {"message": "Unauthenticated"}, {})
+    err = run_failing(submit_args(fake_kfp), capsys)
+    assert f"refused the request: {status}" in err
+    assert "--token" in err and "--cookie authservice_session=" in err
+
+
+def test_login_redirect_says_how_to_authenticate(fake_kfp, capsys):
+    fake_kfp.forced[("GET", f"{API}/healthz")] = (302, "", {"Location": "/dex/auth?client_id=kubeflow"})
+    err = run_failing(submit_args(fake_kfp), capsys)
+    assert "redirects to /dex/auth" in err and "--cookie" in err
+
+
+def test_login_page_instead_of_json_says_how_to_authenticate(fake_kfp, capsys):
+    page = "<html><body>Log in to Kubeflow</body></html>"
+    fake_kfp.forced[("GET", f"{API}/healthz")] = (200, page, {"Content-Type": "text/html"})
+    err = run_failing(submit_args(fake_kfp), capsys)
+    assert "text/html" in err and "not the KFP API" in err and "--token" in err
+
+
+def test_wrong_url_says_to_use_the_api_base_url(fake_kfp, capsys):
+    err = run_failing(submit_args(fake_kfp, "--host", fake_kfp.url + "/wrong/prefix", "--token", "t"), capsys)
+    assert "answered 404" in err and "not the Kubeflow Pipelines API" in err
+
+
+def test_unknown_namespace_says_to_check_the_profile(fake_kfp, capsys):
+    forbidden = {"error": "denied", "code": 7, "message": "User is not authorized for namespace team-nope"}
+    fake_kfp.forced[("GET", f"{API}/experiments")] = (403, forbidden, {})
+    fake_kfp.forced[("POST", f"{API}/experiments")] = (403, forbidden, {})
+    err = run_failing(submit_args(fake_kfp, "--token", "t", "--namespace", "team-nope"), capsys)
+    assert "403 Forbidden" in err and "namespace team-nope" in err and "kubectl get profiles" in err
+    assert not fake_kfp.find("POST", f"{API}/runs")
+
+
+def test_upload_refused_by_the_api_names_what_it_was_doing(fake_kfp, capsys):
+    fake_kfp.forced[("GET", f"{API}/pipelines")] = (401, {"message": "token expired"}, {})
+    err = run_failing(["upload", "--host", fake_kfp.url, "--token", "old"], capsys)
+    assert "registering pipeline 'maskpipe'" in err and "401" in err and "token expired" in err
+
+
+@pytest.mark.parametrize("blocker", ["a-file", "proc"])
+def test_compile_into_an_unwritable_place_names_the_path(blocker, tmp_path, capsys):
+    if blocker == "a-file":
+        (tmp_path / "plain-file").write_text("x")
+        target = tmp_path / "plain-file" / "pipeline.yaml"
+    else:
+        target = Path("/proc/maskpipe-no-such-folder/pipeline.yaml")  # not writable, even as root
+    err = run_failing(["compile", "-o", str(target)], capsys)
+    assert f"cannot write {target}" in err and "-o" in err

@@ -72,8 +72,17 @@ def test_run_local_cli_reports_the_failed_step_on_stderr(tmp_path):
         cwd=REPO, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert result.returncode == 1
-    last_line = [line for line in result.stderr.splitlines() if line.strip()][-2]
-    assert "step index-data" in last_line and "absent" in last_line
+    lines = result.stderr.splitlines()
+    (first,) = [line for line in lines if line.startswith("pipeline.py run-local: step ")]
+    assert "step index-data" in first and "absent" in first
+    # the tail of the step's own log follows, then where the whole log is
+    assert "last lines of its log:" in lines
+    assert any(line.startswith("  | ") and "absent" in line for line in lines)
+    assert lines[-1] == f"full log: {tmp_path / 'out' / 'run-local.log'}"
+    # the terminal got one line per step start and end, not kfp's executor JSON
+    started, ended = result.stdout.splitlines()
+    assert started == "index-data      started"
+    assert re.fullmatch(r"index-data +failure in \d+\.\d s", ended), ended
 
 
 # ---------------------------------------------------------------------------------------------
@@ -92,7 +101,7 @@ _TRAIN_SCRIPT = textwrap.dedent(
     outputs = {
         name: cls(name=name, uri=str(out / name), metadata={})
         for name, cls in (("model", dsl.Model), ("metrics", dsl.Metrics),
-                          ("confusion_matrix", dsl.ClassificationMetrics))
+                          ("confusion_matrix", dsl.ClassificationMetrics), ("html_report", dsl.HTML))
     }
     train_model.python_func(index=index, **outputs, **args)
     """
@@ -134,7 +143,8 @@ def test_killed_training_step_resumes_from_the_mirrored_epoch(tiny_data, tmp_pat
     index = dsl.Dataset(name="index", uri=str(tmp_path / "index"), metadata={})
     index_data.python_func(
         data_root=str(tiny_data), index=index,
-        report=dsl.Markdown(name="report", uri=str(tmp_path / "report"), metadata={}), val_fraction=0.34,
+        report=dsl.Markdown(name="report", uri=str(tmp_path / "report"), metadata={}),
+        html_report=dsl.HTML(name="html_report", uri=str(tmp_path / "html_report"), metadata={}), val_fraction=0.34,
     )  # fmt: skip
     bucket = s3_bucket.removeprefix("s3://")
     run_id, epochs = "run-4f2a", 6
@@ -165,6 +175,7 @@ def test_killed_training_step_resumes_from_the_mirrored_epoch(tiny_data, tmp_pat
         index=index, model=model,
         metrics=dsl.Metrics(name="metrics", uri=str(out / "metrics"), metadata={}),
         confusion_matrix=dsl.ClassificationMetrics(name="cm", uri=str(out / "cm"), metadata={}),
+        html_report=dsl.HTML(name="html_report", uri=str(out / "html_report"), metadata={}),
         **args,
     )  # fmt: skip
     resumed_after = model.metadata["resumed_after_epoch"]
