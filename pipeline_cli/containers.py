@@ -147,13 +147,26 @@ def check_image(client, image: str, docker_host: str) -> None:
         ) from None
 
 
+def start_container(client, image: str, command: List[str], **create_args):
+    """Create and start a container; one that was created but would not start (docker-py's
+    ``containers.run`` leaves it behind in state "created") is removed before the error."""
+    container = client.containers.create(image, command, **create_args)
+    try:
+        container.start()
+    except BaseException:
+        with contextlib.suppress(Exception):
+            container.remove(force=True)
+        raise
+    return container
+
+
 def check_containers_start(client, image: str, docker_host: str) -> None:
     """Start one throw-away container of ``image`` (about a second), so that an engine that is
     not configured for this machine (rlimits, cgroups, runtime) fails here, in one line,
     instead of in the first step."""
     docker = docker_module()
     try:
-        container = client.containers.run(image, ["true"], detach=True, network_mode="host")
+        container = start_container(client, image, ["true"], network_mode="host")
     except docker.errors.APIError as exc:
         raise ContainerEngineError(
             f"the container engine at {docker_host} cannot start a container of {image} "
@@ -303,9 +316,7 @@ def _run_step_container(client, image: str, command: List[str], volumes: Dict[st
     executor_input = _executor_input(command)
     task_dir = _task_dir(executor_input)
     try:
-        container = client.containers.run(
-            image=image, command=command, volumes=volumes, detach=True, **run_args
-        )
+        container = start_container(client, image, command, volumes=volumes, **run_args)
     except docker.errors.APIError as exc:
         text = _first_line(exc)
         fix = (f"Fix: {SETUP_COMMAND} (the engine is not configured for this machine)"

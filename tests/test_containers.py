@@ -387,7 +387,7 @@ def misconfigured_podman(engine, tmp_path):
 
 
 def test_run_local_on_an_engine_not_configured_for_this_machine_names_the_setup_script(
-        built_image, misconfigured_podman, tmp_path):
+        engine, built_image, misconfigured_podman, tmp_path):
     (tmp_path / "data").mkdir()
     started = time.monotonic()
     result = subprocess.run(
@@ -400,6 +400,8 @@ def test_run_local_on_an_engine_not_configured_for_this_machine_names_the_setup_
     (line,) = result.stderr.strip().splitlines()
     assert "rlimit" in line and "not configured for this machine" in line
     assert line.endswith("Fix: sudo docker/engine/setup-podman.sh")
+    assert not engine.client.containers.list(all=True, filters={"status": "created"}), \
+        "the container that would not start is removed"
 
 
 def test_a_build_failing_on_a_dependency_ends_in_one_line_naming_it(engine, built_image, tmp_path):
