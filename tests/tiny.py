@@ -33,3 +33,34 @@ def tiny_pipeline_arguments(data_root: str | Path, **changes) -> dict:
     }
     arguments.update(changes)
     return arguments
+
+
+def write_task_checkpoints(
+    folder: Path, overrides=(), arch: str = "resnet10t", preset: str = "smoke"
+) -> dict[str, Path]:
+    """One untrained checkpoint per task under ``folder`` (``preset`` + ``overrides``), with
+    BatchNorm statistics measured on noise: fresh statistics make every image the same class,
+    and tests comparing answers need varied ones."""
+    import torch
+
+    from maskpipe.checkpoint import save_checkpoint
+    from maskpipe.config import load_config
+    from maskpipe.labels import NUM_CLASSES, TASKS
+    from maskpipe.models import create_model
+
+    config = load_config(preset, [f"model.arch={arch}", "model.pretrained=false", *overrides])
+    out = {}
+    for seed, task in enumerate(TASKS):
+        torch.manual_seed(seed)
+        model = create_model(arch, NUM_CLASSES[task], pretrained=False)
+        for module in model.modules():
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                module.reset_running_stats()
+                module.momentum = None  # a plain average over the calibration pass
+        model.train()
+        with torch.no_grad():
+            model(torch.rand(16, 3, *config.data.input_size) * 4 - 2)
+        model.eval()
+        save_checkpoint(Path(folder) / task, model, task=task, config=config, epoch=0, metrics={})
+        out[task] = Path(folder) / task
+    return out
