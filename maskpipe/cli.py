@@ -214,7 +214,17 @@ def _cmd_export(args: argparse.Namespace) -> None:
 
 
 def _cmd_serve(args: argparse.Namespace) -> None:
-    from maskpipe.serve import ServeOptions, serve
+    # kserve parses the process's command line when it is imported; ours is not for it.
+    sys.argv = sys.argv[:1]
+    try:
+        from maskpipe.serve import ServeOptions, serve
+    except ImportError as exc:
+        raise UserError(
+            f"maskpipe serve needs the serving environment ({exc}): install it with "
+            "`pip install -r docker/serve-requirements.txt` in its own venv (`make venv-serve`; "
+            "kserve requires pandas<3, the training environment has pandas 3), or use the "
+            "serving image docker/Dockerfile.serve"
+        ) from None
 
     serve(
         args.model_dir,

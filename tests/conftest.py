@@ -276,3 +276,39 @@ def fresh_storage_clients():
     yield
     storage._clients.clear()
     storage._verified_buckets.clear()
+
+
+# ---------------------------------------------------------------------------------------------
+# an exported model, shared by the export, serve and benchmark tests (an export takes ~20 s)
+
+
+@pytest.fixture(scope="session")
+def serving_eval_data(tmp_path_factory):
+    """A synthetic eval set (14 photos of 2 people, 96x128) in the competition layout."""
+    from maskpipe.data.synth import generate
+
+    root = tmp_path_factory.mktemp("serving-data")
+    generate(root, people=1, eval_people=2, size=(96, 128))
+    return root
+
+
+@pytest.fixture(scope="session")
+def serving_checkpoints(tmp_path_factory):
+    """Three untrained resnet10t checkpoints; a centre crop smaller than the photos, so the
+    exported model's view includes a crop."""
+    from tiny import write_task_checkpoints
+
+    return write_task_checkpoints(
+        tmp_path_factory.mktemp("serving-ckpt"), ["data.crop_size=[112,84]", "data.input_size=[48,36]"]
+    )
+
+
+@pytest.fixture(scope="session")
+def exported_model(serving_checkpoints, tmp_path_factory):
+    """``maskpipe export`` of :func:`serving_checkpoints` (flip TTA in the graph)."""
+    from maskpipe.cli import main
+
+    out = tmp_path_factory.mktemp("serving-export") / "model"
+    flags = [arg for task in ("mask", "gender", "age") for arg in (f"--{task}", str(serving_checkpoints[task]))]
+    assert main(["export", *flags, "-o", str(out)]) == 0
+    return out

@@ -12,7 +12,6 @@ import pytest
 import torch
 
 from maskpipe.cli import main
-from maskpipe.data.synth import generate
 from maskpipe.labels import TASKS
 from maskpipe.model_card import CARD_FILE, ONNX_FILE, ModelDirError, read_model_dir
 from maskpipe.runtime import open_backend
@@ -30,25 +29,19 @@ def one_torch_thread():
     torch.set_num_threads(previous)
 
 
-@pytest.fixture(scope="module")
-def eval_data(tmp_path_factory) -> Path:
-    """A synthetic eval set (14 photos of 2 people) in the competition layout."""
-    root = tmp_path_factory.mktemp("data")
-    generate(root, people=1, eval_people=2, size=(96, 128))
-    return root
+@pytest.fixture
+def eval_data(serving_eval_data) -> Path:
+    return serving_eval_data
 
 
-@pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory) -> dict[str, Path]:
-    # A centre crop smaller than the photos, so the exported model's view includes a crop.
-    return write_task_checkpoints(tmp_path_factory.mktemp("ckpt"), ["data.crop_size=[112,84]", "data.input_size=[48,36]"])
+@pytest.fixture
+def checkpoints(serving_checkpoints) -> dict[str, Path]:
+    return serving_checkpoints
 
 
-@pytest.fixture(scope="module")
-def model_dir(checkpoints, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("export") / "model"
-    assert main(["export", *_task_flags(checkpoints), "-o", str(out)]) == 0
-    return out
+@pytest.fixture
+def model_dir(exported_model) -> Path:
+    return exported_model
 
 
 def _task_flags(checkpoints: dict[str, Path]) -> list[str]:
