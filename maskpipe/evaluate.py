@@ -129,8 +129,9 @@ def _few(items: list[Any]) -> str:
 # the readable report
 
 
-def format_scores(scores: dict[str, Any]) -> str:
-    """Summary, per-task scores, per-class F1 and the confusion matrix as plain text."""
+def format_scores(scores: dict[str, Any], detail: bool = True) -> str:
+    """Summary and per-task scores, then (``detail``) per-class F1 and the confusion matrix,
+    as plain text."""
     lines = [
         f"images: {scores['count']}",
         f"18 classes: macro-F1 {scores['macro_f1']:.4f} (competition metric), "
@@ -140,6 +141,8 @@ def format_scores(scores: dict[str, Any]) -> str:
     ]
     for task, task_scores in scores["tasks"].items():
         lines.append(f"{task:<8}{task_scores['accuracy']:>10.4f}{task_scores['macro_f1']:>10.4f}")
+    if not detail:
+        return "\n".join(lines)
     lines += ["", f"{'class':>5}  {'name':<24}{'support':>8}{'F1':>8}"]
     for c, (name, support, f1) in enumerate(
         zip(scores["class_names"], scores["support"], scores["per_class_f1"])

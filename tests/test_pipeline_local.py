@@ -7,7 +7,10 @@ against eval_truth.csv) and that every artifact the pipeline declares was writte
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +18,7 @@ import pandas as pd
 import pytest
 
 import pipeline
+from pipeline_cli.local_run import LocalRun, run_local
 from maskpipe.data.synth import generate
 from maskpipe.metrics import classification_metrics
 
@@ -30,7 +34,8 @@ DECLARED_OUTPUTS = {
 
 
 @pytest.fixture(scope="module")
-def local_run(tmp_path_factory) -> pipeline.LocalRun:
+def console_and_run(tmp_path_factory) -> tuple[str, LocalRun]:
+    """What the terminal showed during the run (plus the summary run-local prints), and the run."""
     root = tmp_path_factory.mktemp("e2e")
     # The size the smoke recipe was tuned on (docs/presets.md): fewer people do not generalise.
     # 30 eval people (210 images) cost seconds and make the 18-class score a measurement.
@@ -49,7 +54,15 @@ def local_run(tmp_path_factory) -> pipeline.LocalRun:
         "overrides": [],
         "resume_bucket": "",
     }
-    return pipeline.run_local(arguments, root / "out")
+    terminal = io.StringIO()
+    with contextlib.redirect_stdout(terminal):
+        run = run_local(arguments, root / "out")
+    return terminal.getvalue() + "\n" + run.summary() + "\n", run
+
+
+@pytest.fixture(scope="module")
+def local_run(console_and_run) -> LocalRun:
+    return console_and_run[1]
 
 
 def chance_macro_f1(truth: np.ndarray, rounds: int = 200) -> float:
@@ -112,6 +125,20 @@ def test_checkpoints_and_reports_are_where_the_summary_says(local_run):
     summary = local_run.summary()
     assert str(local_run.submission) in summary
     assert all(str(folder) in summary for folder in local_run.checkpoints.values())
+
+
+def test_console_is_short_and_names_each_step_its_duration_and_the_scores(console_and_run):
+    console, run = console_and_run
+    lines = console.splitlines()
+    assert len(lines) < 80, console
+    for step in ("index-data", "train-mask", "train-gender", "train-age", "ensemble-infer"):
+        assert any(re.match(rf"{step} +started$", line) for line in lines), (step, console)
+        assert any(re.match(rf"{step} +done in \d", line) for line in lines), (step, console)
+    assert len([line for line in lines if re.match(r"  (mask|gender|age) epoch \d+/\d+: ", line)]) >= 3
+    assert f"macro-F1 {run.scores['macro_f1']:.4f}" in console
+    assert str(run.log_path) in console
+    # the executor JSON went to the log, not the terminal
+    assert "executor_input" not in console and "executor_input" in run.log_path.read_text()
 
 
 def test_validation_metrics_of_the_ensemble_are_reported(local_run):

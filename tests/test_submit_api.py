@@ -10,15 +10,19 @@ pipeline root and the auth header or cookie. It says nothing about how a real ba
 from __future__ import annotations
 
 import json
+import socket
 import threading
+import time
 import urllib.parse
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
 
-import pipeline
+import pipeline_cli
+from pipeline_cli import arguments
 
 API = "/apis/v2beta1"
 
@@ -45,6 +49,9 @@ class FakeKfp:
     runs: dict[str, dict] = field(default_factory=dict)
     pipelines: dict[str, dict] = field(default_factory=dict)
     run_state: str = "SUCCEEDED"
+    # (method, path) -> (status, body, extra headers): what an auth proxy or a broken backend
+    # answers instead of the API
+    forced: dict[tuple[str, str], tuple[int, Any, dict[str, str]]] = field(default_factory=dict)
 
     def find(self, method: str, path: str) -> list[Request]:
         return [r for r in self.requests if r.method == method and r.path == path]
@@ -102,7 +109,7 @@ def fake_kfp(tmp_path, monkeypatch) -> Iterator[FakeKfp]:
 
     # kfp.Client remembers a namespace in ~/.config/kfp/context.json: keep it out of $HOME.
     monkeypatch.setattr(kfp.Client, "_LOCAL_KFP_CONTEXT", str(tmp_path / "kfp-context.json"))
-    for name in (pipeline.TOKEN_ENV, pipeline.TOKEN_FILE_ENV, pipeline.COOKIE_ENV,
+    for name in (arguments.TOKEN_ENV, arguments.TOKEN_FILE_ENV, arguments.COOKIE_ENV,
                  "KF_PIPELINES_ENDPOINT", "KF_PIPELINES_UI_ENDPOINT"):  # fmt: skip
         monkeypatch.delenv(name, raising=False)
     state = FakeKfp()
@@ -119,10 +126,16 @@ def fake_kfp(tmp_path, monkeypatch) -> Iterator[FakeKfp]:
                 body=self.rfile.read(length),
             )
             state.requests.append(request)
-            status, payload = state.respond(request)
-            data = json.dumps(payload).encode()
+            headers: dict[str, str] = {"Content-Type": "application/json"}
+            if (request.method, request.path) in state.forced:
+                status, payload, extra = state.forced[(request.method, request.path)]
+                headers.update(extra)
+            else:
+                status, payload = state.respond(request)
+            data = payload.encode() if isinstance(payload, str) else json.dumps(payload).encode()
             self.send_response(status)
-            self.send_header("Content-Type", "application/json")
+            for name, value in headers.items():
+                self.send_header(name, value)
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
             self.wfile.write(data)
@@ -154,7 +167,7 @@ def submit_args(fake: FakeKfp, *extra: str) -> list[str]:
 
 
 def test_submit_sends_spec_parameters_root_and_bearer_token(fake_kfp, capsys):
-    assert pipeline.main(submit_args(fake_kfp, "--token", "tok-123", "--pipeline-root", "minio://team-bucket/runs")) == 0
+    assert pipeline_cli.main(submit_args(fake_kfp, "--token", "tok-123", "--pipeline-root", "minio://team-bucket/runs")) == 0
 
     (create,) = fake_kfp.find("POST", f"{API}/runs")
     body = create.json()
@@ -182,7 +195,7 @@ def test_submit_sends_spec_parameters_root_and_bearer_token(fake_kfp, capsys):
 
 
 def test_submit_creates_the_experiment_in_the_namespace(fake_kfp):
-    pipeline.main(submit_args(fake_kfp, "--token", "t"))
+    pipeline_cli.main(submit_args(fake_kfp, "--token", "t"))
     (lookup,) = fake_kfp.find("GET", f"{API}/experiments")
     assert lookup.query["namespace"] == ["team-vision"]
     (created,) = fake_kfp.find("POST", f"{API}/experiments")
@@ -191,40 +204,40 @@ def test_submit_creates_the_experiment_in_the_namespace(fake_kfp):
 
 def test_submit_reuses_an_existing_experiment(fake_kfp):
     fake_kfp.experiments["exp-9"] = {"experiment_id": "exp-9", "display_name": "mask-exp"}
-    pipeline.main(submit_args(fake_kfp, "--token", "t"))
+    pipeline_cli.main(submit_args(fake_kfp, "--token", "t"))
     assert not fake_kfp.find("POST", f"{API}/experiments")
     assert fake_kfp.find("POST", f"{API}/runs")[0].json()["experiment_id"] == "exp-9"
 
 
 def test_token_comes_from_the_environment(fake_kfp, monkeypatch):
-    monkeypatch.setenv(pipeline.TOKEN_ENV, "env-token-456")
-    pipeline.main(submit_args(fake_kfp))
+    monkeypatch.setenv(arguments.TOKEN_ENV, "env-token-456")
+    pipeline_cli.main(submit_args(fake_kfp))
     assert {r.headers.get("authorization") for r in fake_kfp.requests} == {"Bearer env-token-456"}
 
 
 def test_token_comes_from_a_file(fake_kfp, tmp_path):
     token_file = tmp_path / "token"
     token_file.write_text("file-token-789\n")
-    pipeline.main(submit_args(fake_kfp, "--token-file", str(token_file)))
+    pipeline_cli.main(submit_args(fake_kfp, "--token-file", str(token_file)))
     assert fake_kfp.find("POST", f"{API}/runs")[0].headers["authorization"] == "Bearer file-token-789"
 
 
 def test_in_cluster_uses_the_service_account_token(fake_kfp, tmp_path):
     sa_token = tmp_path / "sa-token"
     sa_token.write_text("projected-sa-token")
-    pipeline.main(submit_args(fake_kfp, "--in-cluster", "--sa-token-path", str(sa_token)))
+    pipeline_cli.main(submit_args(fake_kfp, "--in-cluster", "--sa-token-path", str(sa_token)))
     assert fake_kfp.find("POST", f"{API}/runs")[0].headers["authorization"] == "Bearer projected-sa-token"
 
 
 def test_session_cookie_is_sent(fake_kfp):
-    pipeline.main(submit_args(fake_kfp, "--cookie", "authservice_session=abc123"))
+    pipeline_cli.main(submit_args(fake_kfp, "--cookie", "authservice_session=abc123"))
     create = fake_kfp.find("POST", f"{API}/runs")[0]
     assert create.headers["cookie"] == "authservice_session=abc123"
     assert "authorization" not in create.headers
 
 
 def test_default_pipeline_root_is_sent_with_the_run(fake_kfp):
-    pipeline.main(submit_args(fake_kfp, "--token", "t"))
+    pipeline_cli.main(submit_args(fake_kfp, "--token", "t"))
     body = fake_kfp.find("POST", f"{API}/runs")[0].json()
     assert body["runtime_config"]["pipeline_root"] == "minio://mlpipeline/v2/artifacts"
 
@@ -232,29 +245,29 @@ def test_default_pipeline_root_is_sent_with_the_run(fake_kfp):
 def test_healthz_is_asked_when_no_namespace_is_given(fake_kfp):
     args = submit_args(fake_kfp, "--token", "t")
     args[args.index("--namespace") + 1] = "kubeflow"  # kfp.Client's "not given" value
-    assert pipeline.main(args) == 0
+    assert pipeline_cli.main(args) == 0
     assert fake_kfp.find("GET", f"{API}/healthz")
 
 
 def test_wait_polls_the_run_and_fails_on_a_failed_run(fake_kfp, capsys):
-    assert pipeline.main(submit_args(fake_kfp, "--token", "t", "--wait")) == 0
+    assert pipeline_cli.main(submit_args(fake_kfp, "--token", "t", "--wait")) == 0
     assert fake_kfp.find("GET", f"{API}/runs/run-1")
     assert "run finished: SUCCEEDED" in capsys.readouterr().out
     fake_kfp.run_state = "FAILED"
     with pytest.raises(SystemExit) as failed:
-        pipeline.main(submit_args(fake_kfp, "--token", "t", "--wait"))
+        pipeline_cli.main(submit_args(fake_kfp, "--token", "t", "--wait"))
     assert failed.value.code == 1
 
 
 def test_upload_registers_then_adds_versions(fake_kfp, capsys):
     base = ["upload", "--host", fake_kfp.url, "--token", "t", "--name", "maskpipe-team"]
-    assert pipeline.main(base) == 0
+    assert pipeline_cli.main(base) == 0
     (first,) = fake_kfp.find("POST", f"{API}/pipelines/upload")
     assert first.query["name"] == ["maskpipe-team"]
     assert b"pipelineInfo" in first.body  # the compiled YAML is the multipart payload
     assert first.headers["authorization"] == "Bearer t"
 
-    assert pipeline.main([*base, "--version", "v2"]) == 0
+    assert pipeline_cli.main([*base, "--version", "v2"]) == 0
     (version,) = fake_kfp.find("POST", f"{API}/pipelines/upload_version")
     assert version.query["pipelineid"] == ["pipe-1"] and version.query["name"] == ["v2"]
     assert "version id: version-2" in capsys.readouterr().out
@@ -263,5 +276,99 @@ def test_upload_registers_then_adds_versions(fake_kfp, capsys):
 def test_submit_without_host_says_how_to_get_one(monkeypatch):
     monkeypatch.delenv("KF_PIPELINES_ENDPOINT", raising=False)
     with pytest.raises(SystemExit) as exc:
-        pipeline.main(["submit", "--data", "s3://b/p"])
+        pipeline_cli.main(["submit", "--data", "s3://b/p"])
     assert "--host" in str(exc.value.code) and "port-forward" in str(exc.value.code)
+
+
+# ---------------------------------------------------------------------------------------------
+# user errors: one or two lines that name the cause and the fix, within seconds
+
+
+def run_failing(argv: list[str], capsys) -> str:
+    """Run the CLI, expect exit status 2 within seconds, return stderr (two lines at most)."""
+    started = time.monotonic()
+    assert pipeline_cli.main(argv) == 2
+    assert time.monotonic() - started < 10
+    captured = capsys.readouterr()
+    lines = [line for line in captured.err.splitlines() if line.strip()]
+    assert 1 <= len(lines) <= 2, captured.err
+    assert "Traceback" not in captured.err + captured.out
+    return captured.err
+
+
+def closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]  # closed again when the block ends: nothing listens
+
+
+@pytest.mark.parametrize("command", ["submit", "upload"])
+def test_host_not_port_forwarded_says_to_port_forward(command, fake_kfp, capsys):
+    host = f"http://127.0.0.1:{closed_port()}"
+    argv = [command, "--host", host, "--token", "t"] + (["--data", "s3://b/p"] if command == "submit" else [])
+    err = run_failing(argv, capsys)
+    assert f"pipeline.py {command}: error: cannot reach the Kubeflow Pipelines API at {host}" in err
+    assert "connection refused" in err and "port-forward svc/ml-pipeline-ui" in err
+
+
+def test_unknown_host_name_says_to_check_the_spelling(fake_kfp, capsys):
+    err = run_failing(submit_args(fake_kfp, "--host", "http://no-such-host.invalid:8080"), capsys)
+    assert "cannot resolve the host name" in err and "no-such-host.invalid" in err
+
+
+def test_https_to_a_plain_http_port_says_to_use_http(fake_kfp, capsys):
+    host = fake_kfp.url.replace("http://", "https://")
+    err = run_failing(submit_args(fake_kfp, "--host", host, "--token", "t"), capsys)
+    assert f"TLS handshake with {host} failed" in err and "use http://" in err
+
+
+@pytest.mark.parametrize("status", [401, 403])
+def test_auth_proxy_refusal_says_how_to_authenticate(status, fake_kfp, capsys):
+    fake_kfp.forced[("GET", f"{API}/healthz")] = (status, {"message": "Unauthenticated"}, {})
+    err = run_failing(submit_args(fake_kfp), capsys)
+    assert f"refused the request: {status}" in err
+    assert "--token" in err and "--cookie authservice_session=" in err
+
+
+def test_login_redirect_says_how_to_authenticate(fake_kfp, capsys):
+    fake_kfp.forced[("GET", f"{API}/healthz")] = (302, "", {"Location": "/dex/auth?client_id=kubeflow"})
+    err = run_failing(submit_args(fake_kfp), capsys)
+    assert "redirects to /dex/auth" in err and "--cookie" in err
+
+
+def test_login_page_instead_of_json_says_how_to_authenticate(fake_kfp, capsys):
+    page = "<html><body>Log in to Kubeflow</body></html>"
+    fake_kfp.forced[("GET", f"{API}/healthz")] = (200, page, {"Content-Type": "text/html"})
+    err = run_failing(submit_args(fake_kfp), capsys)
+    assert "text/html" in err and "not the KFP API" in err and "--token" in err
+
+
+def test_wrong_url_says_to_use_the_api_base_url(fake_kfp, capsys):
+    err = run_failing(submit_args(fake_kfp, "--host", fake_kfp.url + "/wrong/prefix", "--token", "t"), capsys)
+    assert "answered 404" in err and "not the Kubeflow Pipelines API" in err
+
+
+def test_unknown_namespace_says_to_check_the_profile(fake_kfp, capsys):
+    forbidden = {"error": "denied", "code": 7, "message": "User is not authorized for namespace team-nope"}
+    fake_kfp.forced[("GET", f"{API}/experiments")] = (403, forbidden, {})
+    fake_kfp.forced[("POST", f"{API}/experiments")] = (403, forbidden, {})
+    err = run_failing(submit_args(fake_kfp, "--token", "t", "--namespace", "team-nope"), capsys)
+    assert "403 Forbidden" in err and "namespace team-nope" in err and "kubectl get profiles" in err
+    assert not fake_kfp.find("POST", f"{API}/runs")
+
+
+def test_upload_refused_by_the_api_names_what_it_was_doing(fake_kfp, capsys):
+    fake_kfp.forced[("GET", f"{API}/pipelines")] = (401, {"message": "token expired"}, {})
+    err = run_failing(["upload", "--host", fake_kfp.url, "--token", "old"], capsys)
+    assert "registering pipeline 'maskpipe'" in err and "401" in err and "token expired" in err
+
+
+@pytest.mark.parametrize("blocker", ["a-file", "proc"])
+def test_compile_into_an_unwritable_place_names_the_path(blocker, tmp_path, capsys):
+    if blocker == "a-file":
+        (tmp_path / "plain-file").write_text("x")
+        target = tmp_path / "plain-file" / "pipeline.yaml"
+    else:
+        target = Path("/proc/maskpipe-no-such-folder/pipeline.yaml")  # not writable, even as root
+    err = run_failing(["compile", "-o", str(target)], capsys)
+    assert f"cannot write {target}" in err and "-o" in err

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-import pipeline
+from pipeline_cli.local_run import run_local
 from datafactory import make_dataset
 from tiny import tiny_pipeline_arguments
 
@@ -65,7 +65,7 @@ def test_local_run_on_s3_leaks_no_credential(tmp_path, s3_bucket, s3_env, monkey
     bucket = s3_bucket.removeprefix("s3://")
     arguments = tiny_pipeline_arguments(f"{s3_bucket}/data", resume_bucket=bucket)
     out = tmp_path / "out"
-    run = pipeline.run_local(arguments, out)
+    run = run_local(arguments, out)
     captured = capfd.readouterr()
 
     # the run really went through S3: the index points there and the mirror was written

@@ -22,7 +22,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-import pipeline
+from pipeline_cli.local_run import PipelineRunError, run_local
 from datafactory import make_dataset
 from tiny import TINY_OVERRIDES, tiny_pipeline_arguments
 
@@ -36,8 +36,8 @@ def tiny_data(tmp_path) -> Path:
 
 def test_bad_data_root_names_the_index_step_and_the_missing_folder(tmp_path):
     missing = tmp_path / "no-such-data"
-    with pytest.raises(pipeline.PipelineRunError) as failure:
-        pipeline.run_local(tiny_pipeline_arguments(missing), tmp_path / "out")
+    with pytest.raises(PipelineRunError) as failure:
+        run_local(tiny_pipeline_arguments(missing), tmp_path / "out")
     message = str(failure.value)
     assert message.startswith("step index-data (task index-data) failed: ")
     assert "DataLayoutError" in message and "no-such-data" in message
@@ -48,8 +48,8 @@ def test_bad_data_root_names_the_index_step_and_the_missing_folder(tmp_path):
 def test_bad_override_names_the_training_step_and_a_rerun_after_the_fix_works(tiny_data, tmp_path):
     out = tmp_path / "out"
     bad = tiny_pipeline_arguments(tiny_data, overrides=[*TINY_OVERRIDES, "train.epochs=three"])
-    with pytest.raises(pipeline.PipelineRunError) as failure:
-        pipeline.run_local(bad, out)
+    with pytest.raises(PipelineRunError) as failure:
+        run_local(bad, out)
     message = str(failure.value)
     # kfp.local runs the sibling trainings one after another, in an order of its choosing
     expected = {"train-model": "train-mask", "train-model-2": "train-gender", "train-model-3": "train-age"}
@@ -58,7 +58,7 @@ def test_bad_override_names_the_training_step_and_a_rerun_after_the_fix_works(ti
     assert "ConfigError" in message and "train.epochs" in message and "three" in message
     assert not (out / "submission.csv").exists()
 
-    run = pipeline.run_local(tiny_pipeline_arguments(tiny_data), out)
+    run = run_local(tiny_pipeline_arguments(tiny_data), out)
     submission = pd.read_csv(run.submission)
     assert len(submission) == 4
     assert run.run_dir.parent == out.resolve() / "runs"
@@ -72,8 +72,17 @@ def test_run_local_cli_reports_the_failed_step_on_stderr(tmp_path):
         cwd=REPO, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert result.returncode == 1
-    last_line = [line for line in result.stderr.splitlines() if line.strip()][-2]
-    assert "step index-data" in last_line and "absent" in last_line
+    lines = result.stderr.splitlines()
+    (first,) = [line for line in lines if line.startswith("pipeline.py run-local: step ")]
+    assert "step index-data" in first and "absent" in first
+    # the tail of the step's own log follows, then where the whole log is
+    assert "last lines of its log:" in lines
+    assert any(line.startswith("  | ") and "absent" in line for line in lines)
+    assert lines[-1] == f"full log: {tmp_path / 'out' / 'run-local.log'}"
+    # the terminal got one line per step start and end, not kfp's executor JSON
+    started, ended = result.stdout.splitlines()
+    assert started == "index-data      started"
+    assert re.fullmatch(r"index-data +failure in \d+\.\d s", ended), ended
 
 
 # ---------------------------------------------------------------------------------------------

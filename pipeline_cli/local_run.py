@@ -1,0 +1,168 @@
+"""Run the whole pipeline on this machine through kfp.local and collect what it wrote."""
+
+import json
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+from pipeline import LOCAL_OPTIONS, TASKS, PipelineOptions, make_pipeline
+from pipeline_cli.console import ANSI, TAIL_LINES, StepConsole, console_to
+
+
+class PipelineRunError(RuntimeError):
+    """A local pipeline run failed; the message names the step and the cause."""
+
+
+@dataclass
+class LocalRun:
+    """Where a local run put its outputs."""
+
+    run_dir: Path
+    output_dir: Path
+    submission: Path
+    index_dir: Path
+    checkpoints: Dict[str, Path]
+    reports: Dict[str, Path]
+    metrics: Dict[str, Dict[str, Any]]
+    scores: Optional[Dict[str, Any]] = None
+    log_path: Optional[Path] = None
+
+    def summary(self) -> str:
+        """Where things are, and the scores: what a person reads after a run."""
+        lines = [f"run folder:     {self.run_dir}"]
+        if self.log_path:
+            lines.append(f"full log:       {self.log_path}")
+        lines.append(f"checkpoints:    {', '.join(str(p) for p in self.checkpoints.values())}")
+        validation = [
+            f"{step} {values['val_macro_f1']:.4f}"
+            for step, values in sorted(self.metrics.items())
+            if "val_macro_f1" in values
+        ]
+        if validation:
+            lines.append(f"val macro-F1:   {', '.join(validation)}")
+        if self.scores is not None:
+            from maskpipe.evaluate import format_scores
+
+            lines += ["", f"scores against {self.scores['truth']}:", format_scores(self.scores, detail=False)]
+            lines.append(f"per class and confusion matrix: {self.output_dir / 'scores.json'}")
+        lines += ["", f"submission.csv: {self.submission}"]
+        return "\n".join(lines)
+
+
+def run_local(
+    arguments: Dict[str, Any],
+    output_dir: Path,
+    *,
+    options: PipelineOptions = LOCAL_OPTIONS,
+    truth: Optional[Path] = None,
+) -> LocalRun:
+    """Run the whole pipeline here with kfp.local.SubprocessRunner(use_venv=False).
+
+    Each step runs as a subprocess of this Python, with this environment. The terminal shows
+    one line per step start and end and training's epoch lines; everything else kfp.local
+    prints goes to ``output_dir/run-local.log``. On failure raises PipelineRunError naming the
+    step (display name), the last error line of its log and the log's tail.
+    """
+    from kfp import local
+
+    output_dir = Path(output_dir).resolve()
+    runs_root = output_dir / "runs"
+    runs_root.mkdir(parents=True, exist_ok=True)
+    arguments = dict(arguments)
+    if not _is_s3(arguments["data_root"]):
+        arguments["data_root"] = str(Path(arguments["data_root"]).resolve())
+    log_path = output_dir / "run-local.log"
+    pipeline_func = make_pipeline(options)
+    display_names = {
+        key: spec.task_info.name for key, spec in pipeline_func.pipeline_spec.root.dag.tasks.items()
+    }
+
+    local.init(
+        runner=local.SubprocessRunner(use_venv=False),
+        pipeline_root=str(runs_root),
+        raise_on_error=True,
+    )
+    before = set(runs_root.iterdir())
+    with console_to(log_path, display_names) as console:
+        try:
+            pipeline_func(**arguments)
+        except RuntimeError as exc:
+            raise PipelineRunError(_failure_message(str(exc), console, log_path)) from None
+    new_dirs = sorted(p for p in set(runs_root.iterdir()) - before if p.is_dir())
+    if not new_dirs:
+        raise PipelineRunError(f"kfp.local wrote no run folder under {runs_root}")
+    run = collect_local_run(new_dirs[-1], output_dir, display_names)
+    run.log_path = log_path
+    if truth is None and not _is_s3(arguments["data_root"]):
+        found = Path(arguments["data_root"]) / "eval_truth.csv"
+        truth = found if found.exists() else None
+    if truth is not None:
+        from maskpipe.evaluate import evaluate_files
+
+        run.scores = evaluate_files(run.submission, truth, json_path=output_dir / "scores.json")
+    return run
+
+
+def collect_local_run(
+    run_dir: Path, output_dir: Path, display_names: Dict[str, str]
+) -> LocalRun:
+    """Find each step's outputs in a kfp.local run folder (``<run>/<task key>/<output>``)."""
+    by_name = {name: run_dir / key for key, name in display_names.items()}
+    infer_dir = by_name["ensemble-infer"]
+    submission = output_dir / "submission.csv"
+    shutil.copyfile(infer_dir / "submission", submission)
+    metrics = {}
+    for name, folder in by_name.items():
+        executor_output = folder / "executor_output.json"
+        if executor_output.exists():
+            metrics[name] = _metrics_from_executor_output(executor_output)
+    return LocalRun(
+        run_dir=run_dir,
+        output_dir=output_dir,
+        submission=submission,
+        index_dir=by_name["index-data"] / "index",
+        checkpoints={task: by_name[f"train-{task}"] / "model" for task in TASKS},
+        reports={
+            "index": by_name["index-data"] / "report",
+            "inference": infer_dir / "report",
+        },
+        metrics=metrics,
+    )
+
+
+def _metrics_from_executor_output(path: Path) -> Dict[str, Any]:
+    """The scalar metrics a step logged (kfp.local keeps them only in executor_output.json)."""
+    data = json.loads(path.read_text())
+    values: Dict[str, Any] = {}
+    # executor_output.json lists artifacts by output name, without their types
+    for artifact in data.get("artifacts", {}).get("metrics", {}).get("artifacts", []):
+        values.update(artifact.get("metadata", {}))
+    return {k: float(v) for k, v in values.items() if isinstance(v, (int, float))}
+
+
+_ERROR_LINE = re.compile(r"^\s*((?:[A-Za-z_][\w.]*\.)?[A-Z]\w*(?:Error|Exception|Exit)\b.*)$")
+
+
+def _failure_message(error: str, console: StepConsole, log_path: Path) -> str:
+    """Name the failed step, quote the last error line of its log, then the log's tail."""
+    error = ANSI.sub("", error)
+    match = re.search(r"Inner task failed: '?([\w-]+)", error)
+    key = match.group(1) if match else None
+    step = console.name(key) if key else "unknown step"
+    step_log = console.step_log(key) if key else []
+    causes = [m.group(1).strip() for m in map(_ERROR_LINE.match, step_log) if m]
+    cause = causes[-1] if causes else error.strip()
+    lines = [f"step {step} (task {key}) failed: {cause}"]
+    if step_log:
+        lines.append("last lines of its log:")
+        lines += [f"  | {line}" for line in step_log[-TAIL_LINES:]]
+    lines.append(f"full log: {log_path}")
+    return "\n".join(lines)
+
+
+def _is_s3(uri: str) -> bool:
+    return uri.startswith("s3://")
+
+
