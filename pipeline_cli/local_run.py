@@ -28,6 +28,7 @@ class LocalRun:
     metrics: Dict[str, Dict[str, Any]]
     scores: Optional[Dict[str, Any]] = None
     log_path: Optional[Path] = None
+    model_dir: Optional[Path] = None  # what export-model wrote (None with export=false)
 
     def summary(self) -> str:
         """Where things are, and the scores: what a person reads after a run."""
@@ -48,6 +49,8 @@ class LocalRun:
             lines += ["", f"scores against {self.scores['truth']}:", format_scores(self.scores, detail=False)]
             lines.append(f"per class and confusion matrix: {self.output_dir / 'scores.json'}")
         lines += ["", f"submission.csv: {self.submission}"]
+        if self.model_dir is not None:
+            lines.append(f"served model:   {self.model_dir}  (maskpipe serve {self.model_dir})")
         return "\n".join(lines)
 
 
@@ -113,6 +116,9 @@ def collect_local_run(
     infer_dir = by_name["ensemble-infer"]
     submission = output_dir / "submission.csv"
     shutil.copyfile(infer_dir / "submission", submission)
+    # export-model sits inside the `export` condition's sub-DAG; kfp.local names its folder
+    # by the task key all the same.
+    exported = run_dir / "export-model" / "model"
     metrics = {}
     for name, folder in by_name.items():
         executor_output = folder / "executor_output.json"
@@ -129,6 +135,7 @@ def collect_local_run(
             "inference": infer_dir / "report",
         },
         metrics=metrics,
+        model_dir=exported if (exported / "model.json").is_file() else None,
     )
 
 

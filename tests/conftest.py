@@ -16,6 +16,7 @@ import socket
 import threading
 import urllib.request
 import uuid
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
@@ -305,10 +306,15 @@ def serving_checkpoints(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def exported_model(serving_checkpoints, tmp_path_factory):
-    """``maskpipe export`` of :func:`serving_checkpoints` (flip TTA in the graph)."""
-    from maskpipe.cli import main
+    """The ``export-model`` component (what the pipeline runs; it wraps ``maskpipe export``)
+    on :func:`serving_checkpoints`, flip TTA in the graph: the model folder."""
+    from kfp import dsl
 
-    out = tmp_path_factory.mktemp("serving-export") / "model"
-    flags = [arg for task in ("mask", "gender", "age") for arg in (f"--{task}", str(serving_checkpoints[task]))]
-    assert main(["export", *flags, "-o", str(out)]) == 0
-    return out
+    from components.export_model import export_model
+
+    out = tmp_path_factory.mktemp("serving-export")
+    inputs = {f"{task}_model": dsl.Model(name="model", uri=str(serving_checkpoints[task]), metadata={}) for task in ("mask", "gender", "age")}
+    model = dsl.Model(name="model", uri=str(out / "model"), metadata={})
+    export_model.python_func(**inputs, model=model, tta=True)
+    assert model.metadata["format"] == "onnx" and model.metadata["input_size"] == "48x36"
+    return Path(model.path)

@@ -130,12 +130,13 @@ def test_onnx_backend_without_an_exported_folder_is_a_clear_error(checkpoints, e
 
 
 def test_default_preset_efficientnet_b4_exports_and_matches_torch(tmp_path):
-    checkpoints = write_task_checkpoints(tmp_path / "b4", arch="efficientnet_b4", preset="default")
+    # Untrained BatchNorm statistics suffice: the test compares two runtimes on one graph.
+    checkpoints = write_task_checkpoints(tmp_path / "b4", arch="efficientnet_b4", preset="default", calibrate=False)
     model_dir = tmp_path / "model"
     assert main(["export", *_task_flags(checkpoints), "-o", str(model_dir)]) == 0
     onnx, torch_backend = open_backend(model_dir, "onnx"), open_backend(model_dir, "torch", device="cpu")
     assert onnx.card.input_size == (448, 336) and onnx.card.data["sources"]["mask"]["arch"] == "efficientnet_b4"
-    images = np.random.default_rng(1).integers(0, 256, (2, 448, 336, 3), dtype=np.uint8)
+    images = np.random.default_rng(1).integers(0, 256, (1, 448, 336, 3), dtype=np.uint8)
     got, expected = onnx.predict(images), torch_backend.predict(images)
     assert np.array_equal(got["class"], expected["class"])
     for name in ("mask_probs", "gender_probs", "age_probs"):

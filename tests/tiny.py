@@ -30,17 +30,19 @@ def tiny_pipeline_arguments(data_root: str | Path, **changes) -> dict:
         "tta": False,
         "overrides": list(TINY_OVERRIDES),
         "resume_bucket": "",
+        # The export step is tested on its own (tests/test_export.py); tiny runs skip its ~20 s.
+        "export": False,
     }
     arguments.update(changes)
     return arguments
 
 
 def write_task_checkpoints(
-    folder: Path, overrides=(), arch: str = "resnet10t", preset: str = "smoke"
+    folder: Path, overrides=(), arch: str = "resnet10t", preset: str = "smoke", calibrate: bool = True
 ) -> dict[str, Path]:
     """One untrained checkpoint per task under ``folder`` (``preset`` + ``overrides``), with
-    BatchNorm statistics measured on noise: fresh statistics make every image the same class,
-    and tests comparing answers need varied ones."""
+    BatchNorm statistics measured on noise (``calibrate``): fresh statistics make every image
+    the same class, and tests comparing answers need varied ones."""
     import torch
 
     from maskpipe.checkpoint import save_checkpoint
@@ -53,14 +55,21 @@ def write_task_checkpoints(
     for seed, task in enumerate(TASKS):
         torch.manual_seed(seed)
         model = create_model(arch, NUM_CLASSES[task], pretrained=False)
-        for module in model.modules():
-            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
-                module.reset_running_stats()
-                module.momentum = None  # a plain average over the calibration pass
-        model.train()
-        with torch.no_grad():
-            model(torch.rand(16, 3, *config.data.input_size) * 4 - 2)
-        model.eval()
+        if calibrate:
+            _calibrate_batchnorm(model, config.data.input_size)
         save_checkpoint(Path(folder) / task, model, task=task, config=config, epoch=0, metrics={})
         out[task] = Path(folder) / task
     return out
+
+
+def _calibrate_batchnorm(model, input_size) -> None:
+    import torch
+
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.reset_running_stats()
+            module.momentum = None  # a plain average over the calibration pass
+    model.train()
+    with torch.no_grad():
+        model(torch.rand(16, 3, *input_size) * 4 - 2)
+    model.eval()
