@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -38,7 +37,7 @@ from original_recipe import BenchmarkError, parse_size, run_in_work_dir
 from maskpipe.ensemble import classes_from_probs, predict_probs_exported
 from maskpipe.export import export_model
 from maskpipe.runtime import open_backend
-from maskpipe.serve_client import ServerProcess, drive, v1_body
+from maskpipe.serve_client import ServerProcess, drive, serving_python, v1_body
 
 REPO = Path(__file__).resolve().parents[1]
 GOAL_SCALING = 3.0
@@ -70,10 +69,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def serve_python(given: str | None) -> str:
-    python = given or os.environ.get("MASKPIPE_SERVE_PYTHON") or str(REPO / ".venv-serve" / "bin" / "python")
-    if not Path(python).exists():
+    python = serving_python(REPO, given)
+    if not python.exists():
         raise BenchmarkError(f"no serving environment at {python}: run `make venv-serve` or pass --serve-python")
-    return python
+    return str(python)
 
 
 def offline(model_dir: Path, paths: list[Path], args: argparse.Namespace) -> tuple[np.ndarray, float]:

@@ -128,7 +128,13 @@ def open_backend(
         if device not in ("auto", "cpu"):
             raise MaskpipeError(f"the onnx backend runs on the CPU; device {device!r} needs --backend torch")
         return OnnxEnsemble(card, threads=threads)
-    return TorchEnsemble(card, device=device)
+    try:
+        return TorchEnsemble(card, device=device)
+    except ImportError as exc:  # the slim serving environment has no torch
+        raise MaskpipeError(
+            f"the torch backend needs torch, timm and the training dependencies ({exc}); use "
+            "--backend onnx here, or run it where maskpipe's full dependencies are installed"
+        ) from None
 
 
 def answers(outputs: dict[str, Any], card: ModelCard) -> list[dict[str, Any]]:

@@ -24,6 +24,16 @@ from typing import Any, Sequence
 from maskpipe.errors import MaskpipeError
 
 
+SERVE_PYTHON_ENV = "MASKPIPE_SERVE_PYTHON"
+SERVE_VENV = ".venv-serve"
+
+
+def serving_python(repo: str | os.PathLike[str], given: str | None = None) -> Path:
+    """Where the serving environment's interpreter should be: ``given``, else
+    ``$MASKPIPE_SERVE_PYTHON``, else ``.venv-serve`` of ``repo`` (``make venv-serve``)."""
+    return Path(given or os.environ.get(SERVE_PYTHON_ENV) or Path(repo) / SERVE_VENV / "bin" / "python")
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as probe:
         probe.bind((host, 0))

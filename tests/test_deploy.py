@@ -14,7 +14,6 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-import yaml
 from test_k8s import K8S, find, render, validate
 from test_serve import serve_python
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 import base64
 import io
 import json
-import os
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +21,7 @@ import pytest
 from PIL import Image
 
 from maskpipe.cli import main
-from maskpipe.serve_client import ServerProcess, drive, request, v1_body, v2_body
+from maskpipe.serve_client import ServerProcess, drive, request, serving_python, v1_body, v2_body
 
 REPO = Path(__file__).resolve().parents[1]
 MAX_BATCH = 8
@@ -30,10 +30,10 @@ MAX_BODY_MB = 20
 
 def serve_python() -> str:
     """The serving environment's interpreter: $MASKPIPE_SERVE_PYTHON or .venv-serve."""
-    python = os.environ.get("MASKPIPE_SERVE_PYTHON") or str(REPO / ".venv-serve" / "bin" / "python")
-    if not Path(python).exists():
+    python = serving_python(REPO)
+    if not python.exists():
         pytest.fail(f"no serving environment at {python}: run `make venv-serve` (or set MASKPIPE_SERVE_PYTHON)")
-    return python
+    return str(python)
 
 
 @pytest.fixture(scope="module")
@@ -126,11 +126,8 @@ def _png_header(width: int, height: int) -> bytes:
     """A PNG that claims ``width`` x ``height`` pixels (no pixel data worth the name)."""
     from datafactory import write_huge_png_header
 
-    path = Path(os.environ.get("TMPDIR", "/tmp")) / f"maskpipe-test-{width}x{height}-{os.getpid()}.png"
-    try:
-        return write_huge_png_header(path, width, height).read_bytes()
-    finally:
-        path.unlink(missing_ok=True)
+    with tempfile.TemporaryDirectory() as folder:
+        return write_huge_png_header(Path(folder) / "claimed.png", width, height).read_bytes()
 
 
 def _b64(data: bytes) -> str:
