@@ -52,7 +52,7 @@ from maskpipe.ensemble import (
     resolve_device,
 )
 from maskpipe.labels import NUM_CLASSES, TASKS, encode_class
-from maskpipe.models import create_model
+from maskpipe.models import create_model, recalibrate_batchnorm
 
 MIN_AGREEMENT = {False: 0.99, True: 0.95}  # fp32 / bf16: only near-ties may flip
 
@@ -127,21 +127,10 @@ def write_checkpoints(folder: Path, arch: str, input_size: tuple[int, int] | Non
     for seed, task in enumerate(TASKS):
         torch.manual_seed(seed)
         model = create_model(arch, NUM_CLASSES[task], pretrained=False)
-        _calibrate_batchnorm(model, config.data.input_size)
+        recalibrate_batchnorm(model, torch.rand(16, 3, *config.data.input_size) * 4 - 2)
         save_checkpoint(folder / task, model, task=task, config=config, epoch=0, metrics={})
         out[task] = folder / task
     return out
-
-
-def _calibrate_batchnorm(model: torch.nn.Module, input_size: list[int]) -> None:
-    for module in model.modules():
-        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
-            module.reset_running_stats()
-            module.momentum = None
-    model.train()
-    with torch.no_grad():
-        model(torch.rand(16, 3, *input_size) * 4 - 2)
-    model.eval()
 
 
 # ---------------------------------------------------------------------------------------------

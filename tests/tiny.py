@@ -48,7 +48,7 @@ def write_task_checkpoints(
     from maskpipe.checkpoint import save_checkpoint
     from maskpipe.config import load_config
     from maskpipe.labels import NUM_CLASSES, TASKS
-    from maskpipe.models import create_model
+    from maskpipe.models import create_model, recalibrate_batchnorm
 
     config = load_config(preset, [f"model.arch={arch}", "model.pretrained=false", *overrides])
     out = {}
@@ -56,20 +56,8 @@ def write_task_checkpoints(
         torch.manual_seed(seed)
         model = create_model(arch, NUM_CLASSES[task], pretrained=False)
         if calibrate:
-            _calibrate_batchnorm(model, config.data.input_size)
+            recalibrate_batchnorm(model, torch.rand(16, 3, *config.data.input_size) * 4 - 2)
         save_checkpoint(Path(folder) / task, model, task=task, config=config, epoch=0, metrics={})
         out[task] = Path(folder) / task
     return out
 
-
-def _calibrate_batchnorm(model, input_size) -> None:
-    import torch
-
-    for module in model.modules():
-        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
-            module.reset_running_stats()
-            module.momentum = None  # a plain average over the calibration pass
-    model.train()
-    with torch.no_grad():
-        model(torch.rand(16, 3, *input_size) * 4 - 2)
-    model.eval()
