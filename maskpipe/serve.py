@@ -33,7 +33,8 @@ from typing import Any
 
 import numpy as np
 from kserve import Model, ModelServer
-from kserve.errors import InvalidInput
+from fastapi.responses import JSONResponse
+from kserve.errors import InferenceError, InvalidInput
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 
 from maskpipe.data.images import ImageDecodeError
@@ -336,10 +337,31 @@ class _Server(ModelServer):
         self._host = host
 
     def setup_event_loop(self) -> None:
-        # Called after the REST server is built and before it binds.
-        if self._rest_server is not None:
-            self._rest_server.config.host = self._host
+        # Called after the REST server is built and before it binds or registers its handlers.
+        rest = self._rest_server
+        if rest is not None:
+            rest.config.host = self._host
+            add_kserve_handlers = rest._add_exception_handlers
+
+            def add_handlers(app) -> None:
+                add_kserve_handlers(app)
+                app.add_exception_handler(InferenceError, inference_error_handler)
+
+            rest._add_exception_handlers = add_handlers
         super().setup_event_loop()
+
+
+async def inference_error_handler(_request, exc: InferenceError) -> JSONResponse:
+    """KServe answers its InferenceError with 500; one of them is the client's doing: KServe
+    0.21 decodes the BYTES elements of the v2 binary data extension as UTF-8 text
+    (``InferRequest.from_bytes``), so raw photo bytes fail there, before maskpipe sees them."""
+    if "using UTF-8" in str(exc):
+        return JSONResponse(
+            status_code=400,
+            content={"error": "a BYTES element of the binary data is not UTF-8 text: this server "
+                     "(KServe 0.21) reads BYTES as text, so send each photo base64-encoded"},
+        )  # fmt: skip
+    return JSONResponse(status_code=500, content={"error": str(exc)})
 
 
 def serve(model_dir: str | Path, options: ServeOptions) -> None:

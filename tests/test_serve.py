@@ -94,13 +94,8 @@ def test_v2_json_and_binary_requests_answer_as_infer_does(server, photos, expect
     # The binary data extension: JSON header, then each element as 4-byte length + bytes. KServe
     # 0.21 turns BYTES elements into UTF-8 text (InferRequest.from_bytes), so the photos travel
     # base64-encoded there too (docs/serving.md).
-    encoded = [base64.b64encode(photos[i]) for i in ids]
-    raw = b"".join(len(e).to_bytes(4, "little") + e for e in encoded)
-    header = json.dumps({"inputs": [{"name": "images", "datatype": "BYTES", "shape": [len(ids)], "parameters": {"binary_data_size": len(raw)}}]}).encode()
-    reply = request(
-        f"{server.url}/v2/models/maskpipe/infer", header + raw,
-        headers={"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(len(header))},
-    )  # fmt: skip
+    body, headers = _binary_v2([base64.b64encode(photos[i]) for i in ids])
+    reply = request(f"{server.url}/v2/models/maskpipe/infer", body, headers=headers)
     assert reply.status == 200, reply.body
     assert {o["name"]: o for o in reply.body["outputs"]}["class"]["data"] == expected["ans"].tolist()[:MAX_BATCH]
 
@@ -130,6 +125,14 @@ def _png_header(width: int, height: int) -> bytes:
         return write_huge_png_header(Path(folder) / "claimed.png", width, height).read_bytes()
 
 
+def _binary_v2(elements: list[bytes]) -> tuple[bytes, dict]:
+    """A v2 request in the binary data extension: JSON header, then each element as its
+    4-byte little-endian length and its bytes; with the headers that announce it."""
+    raw = b"".join(len(e).to_bytes(4, "little") + e for e in elements)
+    header = json.dumps({"inputs": [{"name": "images", "datatype": "BYTES", "shape": [len(elements)], "parameters": {"binary_data_size": len(raw)}}]}).encode()
+    return header + raw, {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(len(header))}
+
+
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
@@ -157,6 +160,7 @@ BAD_REQUESTS = {
         lambda: json.dumps({"inputs": [{"name": "images", "datatype": "BYTES", "shape": [2], "data": [_b64(_jpeg())]}]}).encode(),
         400, "shape",
     ),
+    "raw photo bytes in the v2 binary extension": ("/v2/models/maskpipe/infer", lambda: _binary_v2([_jpeg()]), 400, "base64"),
     "unknown model name (v1)": ("/v1/models/other:predict", lambda: v1_body([_jpeg()]), 404, "other"),
     "unknown model name (v2)": ("/v2/models/other/infer", lambda: v2_body([_jpeg()]), 404, "other"),
 }
@@ -165,7 +169,9 @@ BAD_REQUESTS = {
 @pytest.mark.parametrize("case", list(BAD_REQUESTS))
 def test_bad_input_gets_a_4xx_with_a_message_and_the_server_keeps_serving(server, case):
     path, make_body, status, message = BAD_REQUESTS[case]
-    reply = request(f"{server.url}{path}", make_body())
+    body = make_body()
+    body, headers = body if isinstance(body, tuple) else (body, {})
+    reply = request(f"{server.url}{path}", body, headers=headers)
     assert reply.status == status, reply.body
     assert message in json.dumps(reply.body), reply.body
     good = _v1(server, [_jpeg()])
