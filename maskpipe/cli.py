@@ -214,6 +214,8 @@ def _cmd_export(args: argparse.Namespace) -> None:
 
 
 def _cmd_serve(args: argparse.Namespace) -> None:
+    if args.max_batch < 1 or args.max_body_mb <= 0 or args.batch_wait_ms < 0:
+        raise UserError("--max-batch must be >= 1, --max-body-mb > 0 and --batch-wait-ms >= 0")
     # kserve parses the process's command line when it is imported; ours is not for it.
     sys.argv = sys.argv[:1]
     try:
