@@ -3,10 +3,13 @@
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
+# `maskpipe serve` runs in its own environment: kserve 0.21 requires pandas<3, the training
+# environment has pandas 3 (docs/serving.md). The same requirements build docker/Dockerfile.serve.
+SERVE_VENV ?= .venv-serve
 DEMO_DIR ?= demo-output
 PYTEST_ARGS ?=
 
-.PHONY: demo demo-containers image test venv clean
+.PHONY: demo demo-containers image test venv venv-serve clean
 
 # The venv is rebuilt only when pyproject.toml changes (the stamp records the install).
 $(VENV)/.installed: pyproject.toml
@@ -16,6 +19,15 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 venv: $(VENV)/.installed
+
+$(SERVE_VENV)/.installed: docker/serve-requirements.txt pyproject.toml
+	test -x $(SERVE_VENV)/bin/python || $(PYTHON) -m venv $(SERVE_VENV)
+	$(SERVE_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(SERVE_VENV)/bin/python -m pip install --quiet -r docker/serve-requirements.txt
+	$(SERVE_VENV)/bin/python -m pip install --quiet --no-deps -e .
+	touch $@
+
+venv-serve: $(SERVE_VENV)/.installed
 
 # The whole pipeline through kfp.local on a synthetic set (smoke preset, CPU, ~5 min on 2 cores):
 # prints the scores against the synthetic truth and the path of submission.csv. Data are made
@@ -43,8 +55,8 @@ image:
 demo-containers: venv image $(DEMO_DATA)/eval_truth.csv
 	$(PY) $(DEMO_RUN) --runner docker --image $(IMAGE_TAG) --output-dir $(DEMO_DIR)/containers
 
-test: venv
-	$(PY) -m pytest $(PYTEST_ARGS)
+test: venv venv-serve
+	MASKPIPE_SERVE_PYTHON=$(abspath $(SERVE_VENV))/bin/python $(PY) -m pytest $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(DEMO_DIR) .pytest_cache build *.egg-info

@@ -1,6 +1,8 @@
 """The maskpipe Kubeflow pipeline: which steps run, in what order, with what cluster settings.
 
     index-data -> train-mask, train-gender, train-age (no edges between them) -> ensemble-infer
+                                                                             -> export-model -> deploy
+    (export-model runs unless ``export=false``; deploy only with ``deploy=true``)
 
 Commands (their code is in ``pipeline_cli/``):
     python pipeline.py compile [-o pipeline.yaml]          compile for a cluster
@@ -19,7 +21,8 @@ from typing import Dict, List, Optional, Tuple
 
 from kfp import compiler, dsl, kubernetes
 
-from components import IMAGE, ensemble_infer, index_data, train_model
+from components import IMAGE, deploy_model, ensemble_infer, export_model, index_data, train_model
+from components.image import serving_image
 
 PIPELINE_NAME = "maskpipe"
 TASKS = ("mask", "gender", "age")
@@ -72,6 +75,8 @@ class PipelineOptions:
     index_resources: Resources = Resources("2", "4", "4Gi", "8Gi")
     train_resources: Resources = Resources("4", "8", "24Gi", "32Gi")
     infer_resources: Resources = Resources("4", "8", "16Gi", "24Gi")
+    export_resources: Resources = Resources("2", "4", "8Gi", "16Gi")
+    deploy_resources: Resources = Resources("100m", "500m", "256Mi", "512Mi")
 
 
 LOCAL_OPTIONS = PipelineOptions(cluster=False, pipeline_root="", retries=0)
@@ -103,8 +108,12 @@ def make_pipeline(options: PipelineOptions = PipelineOptions()):
         tta: bool = True,
         overrides: List[str] = [],
         resume_bucket: str = "",
+        export: bool = True,
+        deploy: bool = False,
+        deploy_name: str = "maskpipe",
+        deploy_namespace: str = "",
     ):
-        """Index -> three independent task trainings -> ensemble inference.
+        """Index -> three independent task trainings -> ensemble inference, export, deploy.
 
         Args:
             data_root: ``s3://bucket/prefix`` (MinIO) or a path mounted in the pods.
@@ -119,6 +128,10 @@ def make_pipeline(options: PipelineOptions = PipelineOptions()):
             tta: Horizontal-flip test-time augmentation at inference.
             overrides: Extra key=value config overrides, applied last.
             resume_bucket: Bucket for per-epoch resume state of retried training pods.
+            export: Export the three models as one ONNX model folder (the served model).
+            deploy: Serve the exported model as a KServe InferenceService (needs export).
+            deploy_name: InferenceService name, also the model name in its URLs.
+            deploy_namespace: Namespace of the InferenceService; empty: the run's namespace.
         """
         index_task = index_data(data_root=data_root, val_fraction=val_fraction, seed=seed)
         index_task.set_display_name("index-data")
@@ -164,6 +177,22 @@ def make_pipeline(options: PipelineOptions = PipelineOptions()):
         infer_task.set_display_name("ensemble-infer")
         _configure(infer_task, options, options.infer_resources, gpu=True, shm=True)
 
+        # `== True`: a KFP condition on a run parameter, compiled, not a Python comparison.
+        with dsl.If(export == True, name="export"):  # noqa: E712
+            export_task = export_model(
+                mask_model=models["mask"], gender_model=models["gender"], age_model=models["age"], tta=tta
+            )
+            export_task.set_display_name("export-model")
+            _configure(export_task, options, options.export_resources, gpu=False)
+            with dsl.If(deploy == True, name="deploy"):  # noqa: E712
+                deploy_task = deploy_model(
+                    model=export_task.outputs["model"], name=deploy_name, namespace=deploy_namespace,
+                    serving_image=serving_image(options.image),
+                )  # fmt: skip
+                deploy_task.set_display_name("deploy")
+                deploy_task.set_caching_options(False)  # the cluster's state, not a pure function
+                _configure(deploy_task, options, options.deploy_resources, gpu=False, image=serving_image(options.image))
+
     return maskpipe_pipeline
 
 
@@ -174,9 +203,15 @@ def _configure(
     *,
     gpu: bool,
     shm: bool = False,
+    image: Optional[str] = None,
 ) -> None:
-    """Apply the image and the cluster settings of one step (only the image for local runs)."""
-    if options.image != IMAGE:
+    """Apply the image and the cluster settings of one step (only the image for local runs);
+    ``image``: the step's own image when it is not the pipeline image (the deploy step runs in
+    the serving image)."""
+    if image is not None:
+        if image != serving_image(IMAGE):
+            task.set_container_image(image)
+    elif options.image != IMAGE:
         task.set_container_image(options.image)
     if not options.cluster:
         return

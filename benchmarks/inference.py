@@ -1,4 +1,4 @@
-"""Inference speed: the competition's per-image ensemble loop against maskpipe's batched one.
+"""Inference speed: the competition's per-image ensemble loop against maskpipe's batched paths.
 
 Same three models (untrained ``resnet10t`` checkpoints at the smoke preset's input size, built
 with ``create_model`` and saved as real checkpoint folders), same JPEGs, same machine, one run:
@@ -8,16 +8,20 @@ with ``create_model`` and saved as real checkpoint folders), same JPEGs, same ma
 * batched: :func:`maskpipe.ensemble.predict_probs` - each image decoded once and
   cropped/resized to uint8 (on the CPU by a thread pool taking turns with the forward passes,
   on CUDA by DataLoader worker processes), batches of ``--batch-size``, BatchNorm folded into
-  the convolutions, channels-last, ``torch.inference_mode``, bf16 autocast with ``--bf16``.
+  the convolutions, channels-last, ``torch.inference_mode``, bf16 autocast with ``--bf16``;
+* onnx (CPU only): the same three checkpoints exported by ``maskpipe export --no-tta`` (export
+  time not counted, once per run like training) and run by ONNX Runtime through
+  :func:`maskpipe.ensemble.predict_probs_exported`, the path of ``maskpipe infer --backend onnx``.
 
 Both paths run with the same torch thread count: by default torch's own, one per core, as
 each path would run on its own (``--threads 1`` compares them per core). Each timed call
 loads its three checkpoints, as a real run does. The paths alternate ``--rounds`` times and
 each keeps its best round (the machine is shared).
 
-Both paths must agree on the predicted classes, and a path that cannot run as asked (CUDA or
-bf16 unavailable) stops the script with a non-zero exit instead of measuring a fallback.
-The last line is ``inference speedup: R.Rx``.
+Every path must agree with the original on the predicted classes, and a path that cannot run
+as asked (CUDA or bf16 unavailable) stops the script with a non-zero exit instead of measuring
+a fallback. The last line is ``inference speedup: R.Rx``: the fastest path ``maskpipe infer``
+offers on this device against the original; every path stays in the table above it.
 
     python benchmarks/inference.py            # 512 images of 384x512 on the CPU, 2 rounds
     python benchmarks/inference.py --quick    # 32 images, one round, a smoke run
@@ -40,9 +44,15 @@ from PIL import Image
 from maskpipe.checkpoint import load_checkpoint, save_checkpoint
 from maskpipe.config import load_config
 from maskpipe.data.transforms import hwc_float_to_chw, original_eval_transform
-from maskpipe.ensemble import classes_from_probs, load_task_models, predict_probs, resolve_device
+from maskpipe.ensemble import (
+    classes_from_probs,
+    load_task_models,
+    predict_probs,
+    predict_probs_exported,
+    resolve_device,
+)
 from maskpipe.labels import NUM_CLASSES, TASKS, encode_class
-from maskpipe.models import create_model
+from maskpipe.models import create_model, recalibrate_batchnorm
 
 MIN_AGREEMENT = {False: 0.99, True: 0.95}  # fp32 / bf16: only near-ties may flip
 
@@ -117,21 +127,10 @@ def write_checkpoints(folder: Path, arch: str, input_size: tuple[int, int] | Non
     for seed, task in enumerate(TASKS):
         torch.manual_seed(seed)
         model = create_model(arch, NUM_CLASSES[task], pretrained=False)
-        _calibrate_batchnorm(model, config.data.input_size)
+        recalibrate_batchnorm(model, torch.rand(16, 3, *config.data.input_size) * 4 - 2)
         save_checkpoint(folder / task, model, task=task, config=config, epoch=0, metrics={})
         out[task] = folder / task
     return out
-
-
-def _calibrate_batchnorm(model: torch.nn.Module, input_size: list[int]) -> None:
-    for module in model.modules():
-        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
-            module.reset_running_stats()
-            module.momentum = None
-    model.train()
-    with torch.no_grad():
-        model(torch.rand(16, 3, *input_size) * 4 - 2)
-    model.eval()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -178,6 +177,15 @@ def batched(
     return classes_from_probs(probs)
 
 
+def exported(model_dir: Path, paths: list[Path], args: argparse.Namespace) -> np.ndarray:
+    from maskpipe.runtime import open_backend
+
+    backend = open_backend(model_dir, "onnx", threads=args.threads or None)
+    return classes_from_probs(
+        predict_probs_exported(backend, paths, batch_size=args.batch_size, num_workers=args.workers)
+    )
+
+
 def timed(func, *func_args) -> tuple[np.ndarray, float]:
     if torch.cuda.is_available():
         torch.cuda.synchronize()
@@ -203,19 +211,33 @@ def run(args: argparse.Namespace, work_dir: Path) -> float:
     checkpoints = write_checkpoints(work_dir / "checkpoints", args.arch, args.input_size)
     input_size = load_checkpoint(checkpoints["mask"]).input_size
 
+    # ONNX Runtime runs on the CPU; on CUDA the torch paths are what maskpipe infer offers.
+    model_dir = None
+    if device.type == "cpu":
+        from maskpipe.export import export_model
+
+        model_dir = export_model(checkpoints, work_dir / "exported", tta=False)
+    paths_by_name = {
+        "original per-image loop": lambda: original_loop(checkpoints, paths, device),
+        "batched ensemble (torch)": lambda: batched(checkpoints, paths, device, args),
+    }
+    if model_dir is not None:
+        paths_by_name["exported graph (onnx)"] = lambda: exported(model_dir, paths, args)
+
     if not args.quick:
-        # Warm-up on a few images: one-time kernel selection should not count for either side.
+        # Warm-up on a few images: one-time kernel selection should not count for any side.
         warm = paths[: min(len(paths), 4)]
         original_loop(checkpoints, warm, device)
         batched(checkpoints, warm, device, args)
+        if model_dir is not None:
+            exported(model_dir, warm, args)
 
-    original_s, ours_s = [], []
+    seconds: dict[str, list[float]] = {name: [] for name in paths_by_name}
+    classes: dict[str, np.ndarray] = {}
     for _ in range(args.rounds):
-        original, seconds = timed(original_loop, checkpoints, paths, device)
-        original_s.append(seconds)
-        ours, seconds = timed(batched, checkpoints, paths, device, args)
-        ours_s.append(seconds)
-    agreement = float((original == ours).mean())
+        for name, path_run in paths_by_name.items():
+            classes[name], elapsed = timed(path_run)
+            seconds[name].append(elapsed)
 
     n = len(paths)
     workers = "auto" if args.workers is None else args.workers
@@ -225,15 +247,22 @@ def run(args: argparse.Namespace, work_dir: Path) -> float:
         f"{' bf16' if args.bf16 else ''}; torch threads {torch.get_num_threads()}; "
         f"batch {args.batch_size}; workers {workers}"
     )
-    print(f"original per-image loop: {n / min(original_s):8.1f} images/s ({_rounds(original_s)})")
-    print(f"batched ensemble:        {n / min(ours_s):8.1f} images/s ({_rounds(ours_s)})")
-    print(f"predicted classes agree on {agreement:.1%} of images")
-    if agreement < MIN_AGREEMENT[bool(args.bf16)]:
-        raise BenchmarkError(
-            f"the two paths disagree on {1 - agreement:.1%} of images; a speed ratio between "
-            f"different computations means nothing"
-        )
-    speedup = min(original_s) / min(ours_s)
+    original_name = "original per-image loop"
+    for name, times in seconds.items():
+        print(f"{name + ':':26s}{n / min(times):8.1f} images/s ({_rounds(times)})")
+    for name in list(paths_by_name)[1:]:
+        agreement = float((classes[original_name] == classes[name]).mean())
+        print(f"{name}: predicted classes agree with the original on {agreement:.1%} of images")
+        if agreement < MIN_AGREEMENT[bool(args.bf16)]:
+            raise BenchmarkError(
+                f"{name} and the original disagree on {1 - agreement:.1%} of images; a speed "
+                f"ratio between different computations means nothing"
+            )
+    fastest = min(list(paths_by_name)[1:], key=lambda name: min(seconds[name]))
+    for name in list(paths_by_name)[1:]:
+        print(f"{name}: {min(seconds[original_name]) / min(seconds[name]):.1f}x the original")
+    speedup = min(seconds[original_name]) / min(seconds[fastest])
+    print(f"fastest path: {fastest}")
     print(f"inference speedup: {speedup:.1f}x")
     return speedup
 

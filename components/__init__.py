@@ -5,9 +5,11 @@ Every component is a lightweight Python component (``@dsl.component``) whose bod
 ``kfp.local.SubprocessRunner(use_venv=False)``.
 """
 
+from components.deploy_model import deploy_model
 from components.ensemble_infer import ensemble_infer
-from components.image import IMAGE
+from components.export_model import export_model
+from components.image import IMAGE, SERVE_IMAGE
 from components.index_data import index_data
 from components.train_model import train_model
 
-__all__ = ["IMAGE", "ensemble_infer", "index_data", "train_model"]
+__all__ = ["IMAGE", "SERVE_IMAGE", "deploy_model", "ensemble_infer", "export_model", "index_data", "train_model"]

@@ -1,7 +1,9 @@
-"""The container image every component runs in, chosen in one place.
+"""The container images the components run in, chosen in one place.
 
 ``docker/IMAGE`` (one line, written by the image build) names the default; the environment
-variable ``MASKPIPE_IMAGE`` overrides it at compile time, e.g. to pin a commit tag.
+variable ``MASKPIPE_IMAGE`` overrides it at compile time, e.g. to pin a commit tag. The serving
+image (``docker/Dockerfile.serve``, for the ``deploy`` step and the InferenceService) is the same
+reference with ``-serve`` appended to its tag, as CI tags it; ``MASKPIPE_SERVE_IMAGE`` overrides.
 """
 
 from __future__ import annotations
@@ -29,3 +31,14 @@ def read_default_image(image_file: Path = IMAGE_FILE) -> str:
 
 DEFAULT_IMAGE = read_default_image()
 IMAGE = os.environ.get("MASKPIPE_IMAGE", "").strip() or DEFAULT_IMAGE
+
+
+def serving_image(image: str) -> str:
+    """``registry/name:tag`` -> ``registry/name:tag-serve`` (no tag: ``:main-serve``)."""
+    head, sep, tail = image.rpartition(":")
+    if sep and "/" not in tail:
+        return f"{head}:{tail}-serve"
+    return f"{image}:main-serve"
+
+
+SERVE_IMAGE = os.environ.get("MASKPIPE_SERVE_IMAGE", "").strip() or serving_image(IMAGE)

@@ -4,11 +4,13 @@ A pod killed at any moment leaves either the old file or the new one, never half
 Files get the mode a plain ``open()`` would give them (0666 less the umask, e.g. 644), not
 mkstemp's private 600: the images run as another user (uid 1001, group 0) that must read
 what the host wrote, e.g. a synthetic data set bind-mounted into a container.
+:func:`sha256_file` is the digest that checkpoints and exported models record to prove it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import tempfile
@@ -87,3 +89,12 @@ def _fsync_dir(folder: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def sha256_file(path: str | os.PathLike[str], chunk_size: int = 1 << 20) -> str:
+    """Hex sha256 of a file, read in chunks (checkpoints are hundreds of MB)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(chunk_size):
+            digest.update(chunk)
+    return digest.hexdigest()

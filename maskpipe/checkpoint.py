@@ -18,7 +18,6 @@ and what to do.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -32,7 +31,7 @@ from typing import Any
 import torch
 
 from maskpipe import __version__
-from maskpipe.atomic import atomic_path, write_json, write_text
+from maskpipe.atomic import atomic_path, sha256_file, write_json, write_text
 from maskpipe.config import Config, ConfigError, load_config_file
 from maskpipe.errors import CheckpointError, MaskpipeError
 from maskpipe.labels import NUM_CLASSES, TASK_CLASS_NAMES, TASKS
@@ -181,14 +180,6 @@ def _build_meta(
         "weights_file": WEIGHTS_FILE,
         "weights_sha256": sha256_file(weights_path),
     }
-
-
-def sha256_file(path: Path, chunk_size: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(chunk_size):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""`maskpipe` command line: synth | index | train | infer | evaluate | data upload.
+"""`maskpipe` command line: synth | index | train | infer | evaluate | export | serve | data upload.
 
 Each subcommand parses its flags and calls one plain function; heavy imports are deferred so
 `maskpipe --help` is instant. Errors that are the user's to fix print one clear line and exit 2.
@@ -70,10 +70,13 @@ def build_parser() -> argparse.ArgumentParser:
     _html_arg(p, "OUT/report.html")
     p.set_defaults(func=_cmd_train)
 
-    p = sub.add_parser("infer", help="three checkpoints + eval data -> submission.csv")
-    p.add_argument("--mask", type=Path, required=True)
-    p.add_argument("--gender", type=Path, required=True)
-    p.add_argument("--age", type=Path, required=True)
+    p = sub.add_parser("infer", help="three checkpoints (or an exported model) + eval data -> submission.csv")
+    _task_checkpoint_args(p, required=False)
+    p.add_argument("--model", type=Path, help="a folder `maskpipe export` wrote (instead of the three)")
+    p.add_argument(
+        "--backend", choices=["onnx", "torch"],
+        help="onnx (ONNX Runtime, CPU; needs --model) or torch (default: onnx with --model, else torch)",
+    )
     p.add_argument("--data", required=True, help="data root with eval/info.csv and eval/images/")
     p.add_argument("-o", "--out", type=Path, required=True)
     p.add_argument("--tta", action="store_true", help="horizontal-flip test-time augmentation")
@@ -91,6 +94,25 @@ def build_parser() -> argparse.ArgumentParser:
     _html_arg(p, "OUT with .report.html for .csv, e.g. submission.report.html")
     p.set_defaults(func=_cmd_infer)
 
+    p = sub.add_parser("export", help="three checkpoints -> one ONNX graph + model card (the served model)")
+    _task_checkpoint_args(p, required=True)
+    p.add_argument("-o", "--out", type=Path, required=True, help="model folder to write")
+    p.add_argument("--no-tta", dest="tta", action="store_false", help="leave flip TTA out of the graph")
+    p.add_argument("--opset", type=int, default=18)
+    p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("serve", help="serve an exported model over HTTP (KServe v1 and v2 protocols)")
+    p.add_argument("model_dir", type=Path)
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--host", default="0.0.0.0", help="address to listen on (default all)")
+    p.add_argument("--backend", choices=["onnx", "torch"], default="onnx")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="torch backend only")
+    p.add_argument("--name", default="maskpipe", help="model name in the URLs")
+    p.add_argument("--max-batch", type=int, default=32, help="most images in one request")
+    p.add_argument("--max-body-mb", type=float, default=20.0, help="largest request body")
+    p.add_argument("--batch-wait-ms", type=float, default=2.0, help="how long to gather concurrent requests into one batch")
+    p.set_defaults(func=_cmd_serve)
+
     p = sub.add_parser("evaluate", help="score submission.csv against a truth CSV")
     p.add_argument("submission", type=Path)
     p.add_argument("truth", type=Path)
@@ -105,6 +127,11 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--workers", type=int, default=8)
     q.set_defaults(func=_cmd_upload)
     return parser
+
+
+def _task_checkpoint_args(p: argparse.ArgumentParser, *, required: bool) -> None:
+    for task in ("mask", "gender", "age"):
+        p.add_argument(f"--{task}", type=Path, required=required, help=f"{task} checkpoint folder")
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
@@ -181,8 +208,15 @@ def _cmd_train(args: argparse.Namespace) -> None:
 def _cmd_infer(args: argparse.Namespace) -> None:
     from maskpipe.ensemble import predict_submission
 
+    given = [task for task in ("mask", "gender", "age") if getattr(args, task) is not None]
+    if args.model is not None and given:
+        raise UserError("give either --model or --mask/--gender/--age, not both")
+    if args.model is None and len(given) != 3:
+        raise UserError("give --mask, --gender and --age checkpoint folders, or an exported --model folder")
+    source = args.model if args.model is not None else {t: getattr(args, t) for t in given}
+    backend = args.backend or ("onnx" if args.model is not None else "torch")
     result = predict_submission(
-        {"mask": args.mask, "gender": args.gender, "age": args.age},
+        source,
         args.data,
         args.out,
         tta=args.tta,
@@ -191,6 +225,7 @@ def _cmd_infer(args: argparse.Namespace) -> None:
         num_workers=args.workers,
         device=args.device,
         cache_dir=args.cache_dir,
+        backend=backend,
     )
     print(result.summary())
     from maskpipe.reports import write_infer_report
@@ -204,6 +239,40 @@ def _cmd_infer(args: argparse.Namespace) -> None:
         [submission_set(result, truth)], _beside(args.out, args.html), facts=facts, cache_dir=args.cache_dir
     )
     print(f"report: {html}")
+
+
+def _cmd_export(args: argparse.Namespace) -> None:
+    from maskpipe.export import export_model
+
+    out = export_model(
+        {"mask": args.mask, "gender": args.gender, "age": args.age}, args.out, tta=args.tta, opset=args.opset
+    )
+    print(f"wrote {out}: model.onnx, model.json and the three checkpoints (serve it with `maskpipe serve {out}`)")
+
+
+def _cmd_serve(args: argparse.Namespace) -> None:
+    if args.max_batch < 1 or args.max_body_mb <= 0 or args.batch_wait_ms < 0:
+        raise UserError("--max-batch must be >= 1, --max-body-mb > 0 and --batch-wait-ms >= 0")
+    # kserve parses the process's command line when it is imported; ours is not for it.
+    sys.argv = sys.argv[:1]
+    try:
+        from maskpipe.serve import ServeOptions, serve
+    except ImportError as exc:
+        raise UserError(
+            f"maskpipe serve needs the serving environment ({exc}): install it with "
+            "`pip install -r docker/serve-requirements.txt` in its own venv (`make venv-serve`; "
+            "kserve requires pandas<3, the training environment has pandas 3), or use the "
+            "serving image docker/Dockerfile.serve"
+        ) from None
+
+    serve(
+        args.model_dir,
+        ServeOptions(
+            name=args.name, host=args.host, port=args.port, backend=args.backend, device=args.device,
+            max_batch=args.max_batch, max_body_bytes=int(args.max_body_mb * 1024 * 1024),
+            batch_wait_s=args.batch_wait_ms / 1000,
+        ),
+    )
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:

@@ -30,13 +30,12 @@ import torch
 
 from maskpipe.atomic import atomic_path, write_text
 from maskpipe.checkpoint import LoadedCheckpoint, load_checkpoint
+from maskpipe.data.resize import View  # (crop_size, input_size), once per distinct view
 from maskpipe.errors import DataLayoutError, MaskpipeError
 from maskpipe.labels import NUM_CLASSES, TASKS
 
 log = logging.getLogger(__name__)
 
-# (crop_size, input_size): one decoded image is cropped/resized once per distinct view.
-View = tuple[tuple[int, int] | None, tuple[int, int]]
 
 SUBMISSION_COLUMNS = ("ImageID", "ans")
 MAX_DEFAULT_WORKERS = 8
@@ -81,7 +80,7 @@ class InferResult:
 
 
 def predict_submission(
-    checkpoints: Mapping[str, Path | str | LoadedCheckpoint],
+    checkpoints: Mapping[str, Path | str | LoadedCheckpoint] | str | Path,
     data: str | Path | pd.DataFrame,
     out_csv: str | Path,
     *,
@@ -93,12 +92,14 @@ def predict_submission(
     device: str = "auto",
     cache_dir: str | Path | None = None,
     amp: bool | None = None,
+    backend: str = "torch",
 ) -> InferResult:
     """Predict the 18-class id of every eval image and write ``ImageID,ans`` atomically.
 
     Args:
         checkpoints: ``{"mask": DIR, "gender": DIR, "age": DIR}`` (or loaded checkpoints);
-            each folder must hold a checkpoint of that task.
+            each folder must hold a checkpoint of that task. Or the folder ``maskpipe export``
+            wrote, run with ``backend`` (its card decides TTA, so ``tta`` must agree or be off).
         data: a data root (local or ``s3://``) with ``eval/info.csv`` and ``eval/images/``, or
             an eval index frame (``image_id``, ``path``), which then needs ``data_root``.
         out_csv: the submission to write (``ImageID,ans`` in ``info.csv`` order).
@@ -109,16 +110,30 @@ def predict_submission(
         device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
         cache_dir: local cache for ``s3://`` images.
         amp: bf16 autocast; None means on for CUDA, off for CPU.
+        backend: ``torch`` (the checkpoints) or, for an exported folder, ``onnx``.
     """
     start = time.perf_counter()
-    torch_device = resolve_device(device)
-    # Checkpoints first: a wrong folder fails in seconds, before any image is read.
-    loaded = load_task_models(checkpoints, torch_device)
-    frame, root = _eval_frame(data, data_root, cache_dir)
-    probs = _rows_probs(
-        loaded, root, frame, cache_dir,
-        tta=tta, batch_size=batch_size, num_workers=num_workers, device=torch_device, amp=amp,
-    )  # fmt: skip
+    if isinstance(checkpoints, (str, Path)):
+        # Model folder first: a wrong or altered folder fails before any image is read.
+        exported = open_exported(checkpoints, backend, device, tta)
+        frame, root = _eval_frame(data, data_root, cache_dir)
+        paths = localize_paths(root, frame["path"].tolist(), cache_dir)
+        probs = predict_probs_exported(exported, paths, batch_size=batch_size, num_workers=num_workers)
+        tta, torch_device = exported.card.tta, f"{getattr(exported, 'device', 'cpu')} ({exported.name})"
+    else:
+        if backend != "torch":
+            raise MaskpipeError(
+                f"backend {backend!r} runs an exported model folder; export the three "
+                "checkpoints first (`maskpipe export ... -o MODEL_DIR`) and pass that folder"
+            )
+        torch_device = resolve_device(device)
+        # Checkpoints first: a wrong folder fails in seconds, before any image is read.
+        loaded = load_task_models(checkpoints, torch_device)
+        frame, root = _eval_frame(data, data_root, cache_dir)
+        probs = _rows_probs(
+            loaded, root, frame, cache_dir,
+            tta=tta, batch_size=batch_size, num_workers=num_workers, device=torch_device, amp=amp,
+        )  # fmt: skip
     classes = classes_from_probs(probs)
     submission = pd.DataFrame({"ImageID": frame["image_id"].astype(str).to_numpy(), "ans": classes})
     out_csv = Path(out_csv)
@@ -173,6 +188,44 @@ def predict_rows_probs(
         loaded, data_root, frame, cache_dir,
         tta=tta, batch_size=batch_size, num_workers=num_workers, device=torch_device, amp=amp,
     )  # fmt: skip
+
+
+def open_exported(model_dir: str | Path, backend: str, device: str, tta: bool):
+    """An exported model folder, verified and opened with ``backend``; ``tta`` must not ask for
+    what the graph was exported without."""
+    from maskpipe.runtime import open_backend
+
+    exported = open_backend(model_dir, backend, device=device)
+    if tta and not exported.card.tta:
+        raise MaskpipeError(
+            f"--tta was asked for, but {model_dir} was exported without flip TTA; "
+            "export it again without --no-tta, or drop --tta"
+        )
+    return exported
+
+
+def predict_probs_exported(
+    exported: Any, paths: Sequence[str | Path], *, batch_size: int = 64, num_workers: int | None = None
+) -> dict[str, np.ndarray]:
+    """Per-task probabilities from an exported model (:mod:`maskpipe.runtime`), decoding as
+    :func:`predict_probs` does (threads taking turns with the forward passes)."""
+    loader = make_loader(paths, [exported.card.view], batch_size=batch_size, num_workers=num_workers)
+    log.info(
+        "inference: %d images, exported model %s (%s backend), batch %d, %d decoding thread(s)",
+        len(paths), exported.card.folder, exported.name, batch_size, loader.num_workers,
+    )  # fmt: skip
+    out = {task: np.empty((len(paths), NUM_CLASSES[task]), np.float32) for task in TASKS}
+    row = 0
+    for batch in _progress(loader, len(paths), batch_size):
+        if isinstance(batch, str):
+            raise DataLayoutError(batch)
+        outputs = exported.predict(batch[0].numpy())
+        for task in TASKS:
+            out[task][row : row + len(batch[0])] = outputs[f"{task}_probs"]
+        row += len(batch[0])
+    if row != len(paths):
+        raise RuntimeError(f"inference produced {row} rows for {len(paths)} images")
+    return out
 
 
 def _rows_probs(
@@ -297,14 +350,12 @@ class EvalImages(torch.utils.data.Dataset):
         return len(self.paths)
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, ...] | str:
-        from maskpipe.data.images import load_rgb
-        from maskpipe.data.transforms import crop_resize
+        from maskpipe.data.resize import decode_views
 
         try:
-            image = load_rgb(self.paths[index])
+            return decode_views(self.paths[index], self.views)
         except MaskpipeError as exc:
             return str(exc)
-        return tuple(crop_resize(image, crop, size) for crop, size in self.views)
 
 
 def collate_views(items: list[tuple[np.ndarray, ...] | str]) -> list[torch.Tensor] | str:

@@ -33,6 +33,10 @@ def pipeline_arguments(args: argparse.Namespace) -> Dict[str, Any]:
         "tta": bool(tta),
         "overrides": list(args.overrides),
         "resume_bucket": args.resume_bucket,
+        "export": bool(args.export or args.deploy),
+        "deploy": bool(args.deploy),
+        "deploy_name": args.deploy_name,
+        "deploy_namespace": args.deploy_namespace,
     }
 
 
@@ -117,6 +121,12 @@ def param_args(p: argparse.ArgumentParser) -> None:
         help="extra config override, repeatable (e.g. --set train.optimizer=adamw)",
     )
     g.add_argument("--resume-bucket", default="", help="bucket for per-epoch resume state")
+    g.add_argument("--export", action=argparse.BooleanOptionalAction, default=True,
+                   help="export the ONNX model folder after training (default on)")
+    g.add_argument("--deploy", action="store_true",
+                   help="serve the exported model as a KServe InferenceService (cluster only)")
+    g.add_argument("--deploy-name", default="maskpipe", help="InferenceService name")
+    g.add_argument("--deploy-namespace", default="", help="its namespace (default: the run's)")
 
 
 def cluster_args(p: argparse.ArgumentParser) -> None:

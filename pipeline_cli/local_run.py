@@ -36,6 +36,7 @@ class LocalRun:
     scores: Optional[Dict[str, Any]] = None
     log_path: Optional[Path] = None
     report: Optional[Path] = None  # report.html linking the step reports
+    model_dir: Optional[Path] = None  # what export-model wrote (None with export=false)
 
     def summary(self) -> str:
         """Where things are, and the scores: what a person reads after a run."""
@@ -55,10 +56,11 @@ class LocalRun:
 
             lines += ["", f"scores against {self.scores['truth']}:", format_scores(self.scores, detail=False)]
             lines.append(f"per class and confusion matrix: {self.output_dir / 'scores.json'}")
-        lines.append("")
+        lines += ["", f"submission.csv: {self.submission}"]
+        if self.model_dir is not None:
+            lines.append(f"served model:   {self.model_dir}  (maskpipe serve {self.model_dir})")
         if self.report:
             lines.append(f"report:         {self.report}")
-        lines.append(f"submission.csv: {self.submission}")
         return "\n".join(lines)
 
 
@@ -153,6 +155,9 @@ def collect_local_run(
     infer_dir = by_name["ensemble-infer"]
     submission = output_dir / "submission.csv"
     shutil.copyfile(infer_dir / "submission", submission)
+    # export-model sits inside the `export` condition's sub-DAG; kfp.local names its folder
+    # by the task key all the same.
+    exported = run_dir / "export-model" / "model"
     metrics = {}
     for name, folder in by_name.items():
         executor_output = folder / "executor_output.json"
@@ -168,14 +173,23 @@ def collect_local_run(
             "index": by_name["index-data"] / "report",
             "inference": infer_dir / "report",
         },
-        html_reports={name: by_name[name] / "html_report" for name in _in_pipeline_order(by_name)},
+        html_reports={
+            name: by_name[name] / "html_report"
+            for name in _in_pipeline_order(by_name)
+            if (by_name[name] / "html_report").exists() or name in _REPORTING_STEPS
+        },
         metrics=metrics,
+        model_dir=exported if (exported / "model.json").is_file() else None,
     )
+
+
+# The steps that always write an HTML report (a missing one is listed as missing).
+_REPORTING_STEPS = ("index-data", *(f"train-{task}" for task in TASKS), "ensemble-infer")
 
 
 def _in_pipeline_order(names) -> list:
     """Indexing first, then the trainings, the ensemble, and whatever follows it."""
-    order = ["index-data", *(f"train-{task}" for task in TASKS), "ensemble-infer"]
+    order = _REPORTING_STEPS
     return sorted(names, key=lambda name: (order.index(name) if name in order else len(order), name))
 
 

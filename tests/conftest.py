@@ -16,6 +16,7 @@ import socket
 import threading
 import urllib.request
 import uuid
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
@@ -276,3 +277,44 @@ def fresh_storage_clients():
     yield
     storage._clients.clear()
     storage._verified_buckets.clear()
+
+
+# ---------------------------------------------------------------------------------------------
+# an exported model, shared by the export, serve and benchmark tests (an export takes ~20 s)
+
+
+@pytest.fixture(scope="session")
+def serving_eval_data(tmp_path_factory):
+    """A synthetic eval set (14 photos of 2 people, 96x128) in the competition layout."""
+    from maskpipe.data.synth import generate
+
+    root = tmp_path_factory.mktemp("serving-data")
+    generate(root, people=1, eval_people=2, size=(96, 128))
+    return root
+
+
+@pytest.fixture(scope="session")
+def serving_checkpoints(tmp_path_factory):
+    """Three untrained resnet10t checkpoints; a centre crop smaller than the photos, so the
+    exported model's view includes a crop."""
+    from tiny import write_task_checkpoints
+
+    return write_task_checkpoints(
+        tmp_path_factory.mktemp("serving-ckpt"), ["data.crop_size=[112,84]", "data.input_size=[48,36]"]
+    )
+
+
+@pytest.fixture(scope="session")
+def exported_model(serving_checkpoints, tmp_path_factory):
+    """The ``export-model`` component (what the pipeline runs; it wraps ``maskpipe export``)
+    on :func:`serving_checkpoints`, flip TTA in the graph: the model folder."""
+    from kfp import dsl
+
+    from components.export_model import export_model
+
+    out = tmp_path_factory.mktemp("serving-export")
+    inputs = {f"{task}_model": dsl.Model(name="model", uri=str(serving_checkpoints[task]), metadata={}) for task in ("mask", "gender", "age")}
+    model = dsl.Model(name="model", uri=str(out / "model"), metadata={})
+    export_model.python_func(**inputs, model=model, tta=True)
+    assert model.metadata["format"] == "onnx" and model.metadata["input_size"] == "48x36"
+    return Path(model.path)

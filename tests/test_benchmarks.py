@@ -106,3 +106,31 @@ def test_gpu_machine_scripts_parse(script):
     result = subprocess.run(["bash", "-n", str(BENCHMARKS / "device" / script)], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
 
+
+
+SERVE_SMOKE_TIMEOUT_S = 180  # an export and a server start on top of the smoke run
+
+
+@pytest.mark.timeout(SERVE_SMOKE_TIMEOUT_S)
+def test_serve_benchmark_drives_each_client_count_and_prints_the_scaling_last(tmp_path):
+    from test_serve import serve_python
+
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "serve.py"), "--quick", "--images", "4", "--requests", "8",
+         "--clients", "1,4", "--image-size", "96x128", "--input-size", "24x32",
+         "--serve-python", serve_python(), "--work-dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=SERVE_SMOKE_TIMEOUT_S,
+        env={**os.environ, "MASKPIPE_PROGRESS": "0"},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    out = result.stdout
+    assert re.fullmatch(r"serve speedup: \d+\.\dx", last_line(out)), out
+    assert re.search(r"  1 client\(s\): +[\d.]+ images/s, p50 +[\d.]+ ms, p99", out)
+    assert re.search(r"  4 client\(s\):", out) and "served at 4 clients / offline:" in out
+
+
+def test_serve_benchmark_without_a_serving_environment_exits_1_with_a_message(tmp_path):
+    result = run_benchmark("serve", "--quick", "--serve-python", str(tmp_path / "no-python"), "--work-dir", str(tmp_path))
+    assert result.returncode == 1
+    assert "no serving environment" in result.stderr and "make venv-serve" in result.stderr
+    assert "speedup" not in result.stdout

@@ -105,8 +105,18 @@ def pinned_versions() -> dict[str, str]:
 # ---------------------------------------------------------------- Dockerfiles
 
 
-def test_both_images_have_a_dockerfile():
-    assert [p.name for p in DOCKERFILES] == ["Dockerfile.cpu", "Dockerfile.gpu"]
+def test_every_image_has_a_dockerfile():
+    assert [p.name for p in DOCKERFILES] == ["Dockerfile.cpu", "Dockerfile.gpu", "Dockerfile.serve"]
+
+
+def test_serving_image_has_no_torch_and_the_same_kfp_pin():
+    requirements = (DOCKER_DIR / "serve-requirements.txt").read_text().splitlines()
+    names = {re.split(r"[=<>\[ ]", line.strip())[0].lower() for line in requirements if line.strip() and not line.startswith("#")}
+    assert not names & {"torch", "torchvision", "timm"}, "the serving image runs ONNX Runtime, not torch"
+    assert {"kserve", "onnxruntime"} <= names
+    assert f"kfp=={pinned_versions()['kfp']}" in [line.strip() for line in requirements]
+    runs = "\n".join(rest for kw, rest in instructions(DOCKER_DIR / "Dockerfile.serve") if kw == "RUN")
+    assert 'find_spec("torch") is None' in runs, "the build must prove no torch slipped in"
 
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES + [STANDIN_BASE_DOCKERFILE],
@@ -375,10 +385,11 @@ def test_test_workflow_runs_make_test_on_push_and_pull_request():
     assert any(step.get("run", "").strip() == "make test" for step in all_steps(workflow))
 
 
-def test_images_build_gpu_and_cpu_as_a_matrix():
+def test_images_build_gpu_cpu_and_serve_as_a_matrix():
     (job,) = load_workflow(IMAGES_WORKFLOW)["jobs"].values()
     include = job["strategy"]["matrix"]["include"]
-    assert {entry["variant"] for entry in include} == {"gpu", "cpu"}
+    assert {entry["variant"] for entry in include} == {"gpu", "cpu", "serve"}
+    assert sorted(ROOT / entry["dockerfile"] for entry in include) == DOCKERFILES
     for entry in include:
         assert (ROOT / entry["dockerfile"]).is_file()
 

@@ -82,3 +82,16 @@ def test_pretrained_weights_come_from_a_prefilled_hf_cache_without_network(tmp_p
     model = create_model("resnet10t", 3, pretrained=True)
     assert torch.equal(model.conv1[0].weight, source.conv1[0].weight)
     assert model.fc.out_features == 3
+
+
+def test_recalibrate_batchnorm_takes_the_plain_statistics_of_the_inputs_and_leaves_eval_mode():
+    import torch
+
+    from maskpipe.models import recalibrate_batchnorm
+
+    model = torch.nn.Sequential(torch.nn.BatchNorm2d(3))
+    model[0].running_mean.fill_(5.0)
+    inputs = torch.arange(2 * 3 * 4 * 4, dtype=torch.float32).reshape(2, 3, 4, 4)
+    assert recalibrate_batchnorm(model, inputs) is model and not model.training
+    torch.testing.assert_close(model[0].running_mean, inputs.mean(dim=(0, 2, 3)))
+    torch.testing.assert_close(model[0].running_var, inputs.var(dim=(0, 2, 3)))

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 import pipeline
-from components import IMAGE
+from components import IMAGE, SERVE_IMAGE
 
 REPO = Path(__file__).resolve().parent.parent
 TRAIN_STEPS = ("train-mask", "train-gender", "train-age")
@@ -85,11 +85,54 @@ def container_of(spec: dict, display_name: str) -> dict:
     return spec["deploymentSpec"]["executors"][executor_of(spec, display_name)]["container"]
 
 
-def test_pipeline_has_the_five_named_steps(compiled):
+def test_pipeline_has_the_five_named_steps_and_the_export_branch(compiled):
     _, spec, _ = compiled
     assert sorted(tasks_by_display_name(spec)) == sorted(
-        ["index-data", *TRAIN_STEPS, "ensemble-infer"]
+        ["index-data", *TRAIN_STEPS, "ensemble-infer", "export"]
     )
+
+
+def _branch(spec: dict, display_name: str) -> tuple[dict, dict]:
+    """(the condition task, its sub-DAG's tasks by display name)."""
+    for tasks in [spec["root"]["dag"]["tasks"], *(c["dag"]["tasks"] for c in spec["components"].values() if "dag" in c)]:
+        for task in tasks.values():
+            if task["taskInfo"]["name"] == display_name and "triggerPolicy" in task:
+                dag = spec["components"][task["componentRef"]["name"]]["dag"]["tasks"]
+                return task, {t["taskInfo"]["name"]: t for t in dag.values()}
+    raise KeyError(display_name)
+
+
+def test_export_runs_after_the_three_trainings_unless_export_is_false(compiled):
+    _, spec, _ = compiled
+    branch, inside = _branch(spec, "export")
+    assert branch["triggerPolicy"]["condition"] == "inputs.parameter_values['pipelinechannel--export'] == true"
+    assert set(branch["dependentTasks"]) == {key_of(spec, name) for name in TRAIN_STEPS}
+    artifacts = inside["export-model"]["inputs"]["artifacts"]
+    assert set(artifacts) == {"mask_model", "gender_model", "age_model"}
+    assert inside["export-model"]["inputs"]["parameters"]["tta"] == {"componentInputParameter": "pipelinechannel--tta"}
+    assert container_of_component(spec, "export-model")["image"] == IMAGE
+
+
+def test_deploy_runs_only_when_asked_in_the_serving_image_on_the_exported_model(compiled):
+    _, spec, _ = compiled
+    branch, inside = _branch(spec, "deploy")
+    assert branch["triggerPolicy"]["condition"] == "inputs.parameter_values['pipelinechannel--deploy'] == true"
+    deploy = inside["deploy"]
+    assert deploy["inputs"]["artifacts"]["model"] == {"componentInputArtifact": "pipelinechannel--export-model-model"}
+    assert deploy["inputs"]["parameters"]["name"] == {"componentInputParameter": "pipelinechannel--deploy_name"}
+    assert container_of_component(spec, "deploy-model")["image"] == SERVE_IMAGE
+    assert deploy["inputs"]["parameters"]["serving_image"]["runtimeValue"]["constant"] == SERVE_IMAGE
+    assert deploy["cachingOptions"] == {}  # never reuse a cached deployment
+
+
+def test_image_flag_gives_deploy_the_matching_serving_image(tmp_path):
+    spec = next(yaml.safe_load_all(compile_yaml(tmp_path, "--image", "registry.local/maskpipe:abc123")))
+    assert container_of_component(spec, "deploy-model")["image"] == "registry.local/maskpipe:abc123-serve"
+    assert container_of_component(spec, "export-model")["image"] == "registry.local/maskpipe:abc123"
+
+
+def container_of_component(spec: dict, component: str) -> dict:
+    return spec["deploymentSpec"]["executors"][f"exec-{component}"]["container"]
 
 
 def test_training_steps_depend_only_on_indexing(compiled):
@@ -240,7 +283,9 @@ def test_pipeline_parameters_and_defaults(compiled):
     assert set(params) == {
         "data_root", "preset", "epochs", "batch_size", "learning_rate", "architecture",
         "image_size", "val_fraction", "seed", "tta", "overrides", "resume_bucket",
+        "export", "deploy", "deploy_name", "deploy_namespace",
     }  # fmt: skip
+    assert params["export"]["defaultValue"] is True and params["deploy"]["defaultValue"] is False
     assert "defaultValue" not in params["data_root"]  # must be given per run
     assert params["preset"]["defaultValue"] == "default"
     assert params["overrides"]["parameterType"] == "LIST"

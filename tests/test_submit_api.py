@@ -186,7 +186,7 @@ def test_submit_sends_spec_parameters_root_and_bearer_token(fake_kfp, capsys):
     spec = body["pipeline_spec"]
     assert spec["pipeline_spec"]["pipelineInfo"]["name"] == "maskpipe"
     assert {t["taskInfo"]["name"] for t in spec["pipeline_spec"]["root"]["dag"]["tasks"].values()} == {
-        "index-data", "train-mask", "train-gender", "train-age", "ensemble-infer",
+        "index-data", "train-mask", "train-gender", "train-age", "ensemble-infer", "export",
     }  # fmt: skip
     assert "secretAsEnv" in json.dumps(spec["platform_spec"])
     out = capsys.readouterr().out

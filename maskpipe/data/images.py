@@ -10,11 +10,15 @@ Images that are not RGB (grayscale, palette, RGBA, CMYK JPEG, 16-bit) are conver
 alpha channel is dropped. EXIF orientation is not applied, as in the competition's baseline, so
 training and inference see the pixels in stored order. Images above ``MAX_PIXELS`` are rejected
 before decoding (a decompression bomb or a wrong file would take gigabytes).
+
+The same checks decode the bytes of a request (:func:`load_rgb` takes a path or the encoded
+bytes), so the served model sees exactly the pixels ``maskpipe infer`` sees.
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import threading
 import warnings
@@ -37,17 +41,24 @@ IMAGE_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png"})
 _MIN_PARALLEL = 64
 
 
+# A file on disk, or the encoded bytes of one (a request body), with a name for messages.
+ImageSource = str | os.PathLike[str] | bytes
+
+FILE_FIX = "replace the file with a readable JPEG or PNG, or remove it"
+BYTES_FIX = "send the complete bytes of a JPEG or PNG photo"
+
+
 class ImageDecodeError(DataLayoutError):
     """One image cannot be used; ``reason`` is the short cause (``truncated``, ``zero-byte``...)."""
 
-    def __init__(self, path: str | os.PathLike[str], reason: str, detail: str = "") -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], reason: str, detail: str = "", fix: str = FILE_FIX
+    ) -> None:
         self.path = os.fspath(path)
         self.reason = reason
         self.cause = f"{reason} ({detail})" if detail else reason
-        self._args = (self.path, reason, detail)
-        super().__init__(
-            f"{self.path}: {self.cause}; replace the file with a readable JPEG or PNG, or remove it"
-        )
+        self._args = (self.path, reason, detail, fix)
+        super().__init__(f"{self.path}: {self.cause}; {fix}")
 
     def __reduce__(self):  # survive pickling into and out of worker processes
         return (type(self), self._args)
@@ -91,41 +102,50 @@ def _strict_pil() -> Iterator[None]:
                 caught.__exit__(None, None, None)
 
 
-def _open_checked(path: Path) -> Image.Image:
-    """Open ``path`` and decode it fully; ImageDecodeError with a short reason otherwise."""
-    try:
-        size = path.stat().st_size
-    except FileNotFoundError:
-        raise ImageDecodeError(path, "missing file") from None
-    except OSError as exc:
-        raise ImageDecodeError(path, "unreadable file", exc.strerror or str(exc)) from None
+def _open_checked(source: ImageSource, name: str | None = None) -> Image.Image:
+    """Open a file or encoded bytes and decode it fully; ImageDecodeError with a short reason
+    otherwise. ``name`` labels bytes in messages (a file is named by its path)."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        path, fix, size = name or "image bytes", BYTES_FIX, len(source)
+        opener: Path | io.BytesIO = io.BytesIO(source)
+    else:
+        path, fix = Path(source), FILE_FIX
+        opener = path
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            raise ImageDecodeError(path, "missing file") from None
+        except OSError as exc:
+            raise ImageDecodeError(path, "unreadable file", exc.strerror or str(exc)) from None
     if size == 0:
-        raise ImageDecodeError(path, "zero-byte file")
+        raise ImageDecodeError(path, "zero-byte file" if fix is FILE_FIX else "empty image bytes", fix=fix)
     try:
-        image = Image.open(path)
+        image = Image.open(opener)
     except Image.DecompressionBombError as exc:
-        raise ImageDecodeError(path, "image too large", str(exc)) from None
+        raise ImageDecodeError(path, "image too large", str(exc), fix) from None
     except UnidentifiedImageError:
-        raise ImageDecodeError(path, "not an image", "no JPEG or PNG header") from None
+        raise ImageDecodeError(path, "not an image", "no JPEG or PNG header", fix) from None
     except OSError as exc:
-        raise ImageDecodeError(path, _reason(exc, "unreadable file"), str(exc)) from None
+        raise ImageDecodeError(path, _reason(exc, "unreadable file"), str(exc), fix) from None
     if image.format not in {"JPEG", "PNG", "MPO"}:
         image.close()
-        raise ImageDecodeError(path, "unsupported image format", f"{image.format}, expected JPEG or PNG")
+        raise ImageDecodeError(
+            path, "unsupported image format", f"{image.format}, expected JPEG or PNG", fix
+        )
     width, height = image.size
     if width * height > MAX_PIXELS:
         image.close()
         raise ImageDecodeError(
-            path, "image too large", f"{width}x{height} is over the {MAX_PIXELS:,}-pixel limit"
+            path, "image too large", f"{width}x{height} is over the {MAX_PIXELS:,}-pixel limit", fix
         )
     if width == 0 or height == 0:
         image.close()
-        raise ImageDecodeError(path, "empty image", f"{width}x{height}")
+        raise ImageDecodeError(path, "empty image", f"{width}x{height}", fix)
     try:
         image.load()
     except (OSError, SyntaxError, ValueError) as exc:
         image.close()
-        raise ImageDecodeError(path, _reason(exc, "corrupt image"), str(exc)) from None
+        raise ImageDecodeError(path, _reason(exc, "corrupt image"), str(exc), fix) from None
     return image
 
 
@@ -133,15 +153,14 @@ def _reason(exc: Exception, default: str) -> str:
     return "truncated image" if "truncat" in str(exc).lower() else default
 
 
-def load_rgb(path: str | os.PathLike[str]) -> np.ndarray:
-    """Decode ``path`` into an HxWx3 uint8 RGB array.
+def load_rgb(source: ImageSource, name: str | None = None) -> np.ndarray:
+    """Decode a file (or the encoded bytes of one) into an HxWx3 uint8 RGB array.
 
-    Raises ImageDecodeError (a DataLayoutError) naming the file when it is empty, truncated,
-    not an image, larger than ``MAX_PIXELS`` or otherwise undecodable.
+    Raises ImageDecodeError (a DataLayoutError) naming the file (or ``name``, for bytes) when
+    it is empty, truncated, not an image, larger than ``MAX_PIXELS`` or otherwise undecodable.
     """
-    path = Path(path)
     with _strict_pil():
-        image = _open_checked(path)
+        image = _open_checked(source, name)
         try:
             rgb = image if image.mode == "RGB" else _to_rgb(image)
             # np.array, not np.asarray: PIL's buffer view is read-only, and augmentations (and

@@ -20,11 +20,9 @@ import cv2
 import numpy as np
 import torch
 
-# OpenCV's thread pool is not fork-safe: a DataLoader worker forked after the pool has started
-# hangs in its first cv2 call (seen: the normalisation below ran cv2 in the main process, then a
-# worker's cv2.setNumThreads never returned). maskpipe parallelises with processes and threads
-# of its own, so OpenCV runs sequentially everywhere; set at import, before any cv2 call.
-cv2.setNumThreads(0)
+# The deterministic crop/resize lives with the decoder (torch-free, shared with serving); it is
+# re-exported here, and importing it sets OpenCV to run sequentially before any cv2 call.
+from maskpipe.data.resize import center_crop, crop_resize  # noqa: E402,F401
 
 # The original recipe worked on 512x384 (h, w) photos; pixel sizes below are relative to it so
 # they scale with a smaller input size.
@@ -46,35 +44,6 @@ AUG_NAMES = (
 CUTOUT_P = 0.3
 # Augmentations the fast path applies to the normalised batch (add_batch_noise_), not per image.
 BATCH_AUGS = ("noise",)
-
-
-def crop_resize(
-    image: np.ndarray, crop_size: Sequence[int] | None, input_size: Sequence[int]
-) -> np.ndarray:
-    """Center-crop ``crop_size`` (h, w), then resize to ``input_size`` (h, w); uint8 HxWx3.
-
-    A photo smaller than the crop in a dimension keeps its full extent there (the crop never
-    pads). Shrinking uses INTER_AREA (no aliasing), enlarging INTER_LINEAR.
-    """
-    if image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f"expected an HxWx3 image, got shape {image.shape}")
-    image = center_crop(image, crop_size)
-    out_h, out_w = int(input_size[0]), int(input_size[1])
-    h, w = image.shape[:2]
-    if (h, w) != (out_h, out_w):
-        shrinking = out_h * out_w < h * w
-        interpolation = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
-        image = cv2.resize(image, (out_w, out_h), interpolation=interpolation)
-    return np.ascontiguousarray(image, dtype=np.uint8)
-
-
-def center_crop(image: np.ndarray, crop_size: Sequence[int] | None) -> np.ndarray:
-    if crop_size is None:
-        return image
-    h, w = image.shape[:2]
-    ch, cw = min(int(crop_size[0]), h), min(int(crop_size[1]), w)
-    top, left = (h - ch) // 2, (w - cw) // 2
-    return image[top : top + ch, left : left + cw]
 
 
 def normalize_to_tensor(

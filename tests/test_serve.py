@@ -1,0 +1,214 @@
+"""`maskpipe serve` over real HTTP on 127.0.0.1: both protocols, every bad input, concurrency.
+
+The server runs in the serving environment (``.venv-serve``, ``make venv-serve``: kserve needs
+pandas<3, which the training environment does not have), started as a user starts it, on the
+model the export tests build; answers are checked against `maskpipe infer` on the same photos.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from maskpipe.cli import main
+from maskpipe.serve_client import ServerProcess, drive, request, serving_python, v1_body, v2_body
+
+REPO = Path(__file__).resolve().parents[1]
+MAX_BATCH = 8
+MAX_BODY_MB = 20
+
+
+def serve_python() -> str:
+    """The serving environment's interpreter: $MASKPIPE_SERVE_PYTHON or .venv-serve."""
+    python = serving_python(REPO)
+    if not python.exists():
+        pytest.fail(f"no serving environment at {python}: run `make venv-serve` (or set MASKPIPE_SERVE_PYTHON)")
+    return str(python)
+
+
+@pytest.fixture(scope="module")
+def server(exported_model, tmp_path_factory):
+    log = tmp_path_factory.mktemp("serve-log") / "serve.log"
+    extra = ["--max-batch", str(MAX_BATCH), "--max-body-mb", str(MAX_BODY_MB)]
+    with ServerProcess(exported_model, python=serve_python(), log_path=log, extra_args=extra) as process:
+        yield process
+
+
+@pytest.fixture(scope="module")
+def photos(serving_eval_data) -> dict[str, bytes]:
+    info = pd.read_csv(serving_eval_data / "eval" / "info.csv")
+    return {image_id: (serving_eval_data / "eval" / "images" / image_id).read_bytes() for image_id in info["ImageID"]}
+
+
+@pytest.fixture(scope="module")
+def expected(serving_checkpoints, serving_eval_data, tmp_path_factory) -> pd.DataFrame:
+    """`maskpipe infer --tta` on the torch checkpoints: ImageID, ans and the probabilities."""
+    out = tmp_path_factory.mktemp("infer")
+    flags = [arg for task in ("mask", "gender", "age") for arg in (f"--{task}", str(serving_checkpoints[task]))]
+    assert main(["infer", *flags, "--tta", "--data", str(serving_eval_data), "-o", str(out / "s.csv"), "--probs", str(out / "p.parquet")]) == 0
+    submission = pd.read_csv(out / "s.csv")
+    probs = pd.read_parquet(out / "p.parquet")
+    assert submission["ans"].nunique() > 1  # varied answers, or agreement would mean little
+    return submission.merge(probs, left_on="ImageID", right_on="image_id")
+
+
+def _v1(server, photos: list[bytes]):
+    return request(f"{server.url}/v1/models/maskpipe:predict", v1_body(photos))
+
+
+def test_v1_answers_every_eval_photo_as_infer_does(server, photos, expected):
+    ids = expected["ImageID"].tolist()
+    answers = []
+    for start in range(0, len(ids), MAX_BATCH):
+        reply = _v1(server, [photos[i] for i in ids[start : start + MAX_BATCH]])
+        assert reply.status == 200, reply.body
+        answers += reply.body["predictions"]
+    assert [a["class"] for a in answers] == expected["ans"].tolist()
+    for answer, (_, row) in zip(answers, expected.iterrows()):
+        assert answer["mask"]["probabilities"]["wear"] == pytest.approx(row["mask_p0"], abs=1e-4)
+        assert answer["age"]["probabilities"][">=60"] == pytest.approx(row["age_p2"], abs=1e-4)
+        label = ("male", "female")[int(np.argmax([row["gender_p0"], row["gender_p1"]]))]
+        assert answer["gender"]["label"] == label
+        assert answer["class_name"].split("/") == [answer[t]["label"] for t in ("mask", "gender", "age")]
+
+
+def test_v2_json_and_binary_requests_answer_as_infer_does(server, photos, expected):
+    ids = expected["ImageID"].tolist()[:MAX_BATCH]
+    reply = request(f"{server.url}/v2/models/maskpipe/infer", v2_body([photos[i] for i in ids]))
+    assert reply.status == 200, reply.body
+    outputs = {o["name"]: o for o in reply.body["outputs"]}
+    assert outputs["class"]["data"] == expected["ans"].tolist()[:MAX_BATCH]
+    assert outputs["labels"]["shape"] == [len(ids), 3] and outputs["mask_probs"]["shape"] == [len(ids), 3]
+    np.testing.assert_allclose(outputs["mask_probs"]["data"][0::3], expected["mask_p0"][:MAX_BATCH], atol=1e-4)
+
+    # The binary data extension: JSON header, then each element as 4-byte length + bytes. KServe
+    # 0.21 turns BYTES elements into UTF-8 text (InferRequest.from_bytes), so the photos travel
+    # base64-encoded there too (docs/serving.md).
+    body, headers = _binary_v2([base64.b64encode(photos[i]) for i in ids])
+    reply = request(f"{server.url}/v2/models/maskpipe/infer", body, headers=headers)
+    assert reply.status == 200, reply.body
+    assert {o["name"]: o for o in reply.body["outputs"]}["class"]["data"] == expected["ans"].tolist()[:MAX_BATCH]
+
+
+def test_health_readiness_and_metadata_endpoints(server):
+    assert request(f"{server.url}/").body == {"status": "alive"}
+    assert request(f"{server.url}/v2/health/live").status == 200
+    assert request(f"{server.url}/v2/health/ready").body == {"ready": True}
+    assert request(f"{server.url}/v1/models/maskpipe").body == {"name": "maskpipe", "ready": True}
+    metadata = request(f"{server.url}/v2/models/maskpipe").body
+    assert metadata["inputs"] == [{"name": "images", "datatype": "BYTES", "shape": [-1]}]
+    assert {o["name"] for o in metadata["outputs"]} >= {"class", "labels", "probabilities", "class_probs"}
+
+
+def _jpeg(width: int = 96, height: int = 128) -> bytes:
+    buffer = io.BytesIO()
+    pixels = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG that claims ``width`` x ``height`` pixels (no pixel data worth the name)."""
+    from datafactory import write_huge_png_header
+
+    with tempfile.TemporaryDirectory() as folder:
+        return write_huge_png_header(Path(folder) / "claimed.png", width, height).read_bytes()
+
+
+def _binary_v2(elements: list[bytes]) -> tuple[bytes, dict]:
+    """A v2 request in the binary data extension: JSON header, then each element as its
+    4-byte little-endian length and its bytes; with the headers that announce it."""
+    raw = b"".join(len(e).to_bytes(4, "little") + e for e in elements)
+    header = json.dumps({"inputs": [{"name": "images", "datatype": "BYTES", "shape": [len(elements)], "parameters": {"binary_data_size": len(raw)}}]}).encode()
+    return header + raw, {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(len(header))}
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+BAD_REQUESTS = {
+    "not an image": ("/v1/models/maskpipe:predict", lambda: v1_body([b"<html>403 Forbidden</html>"]), 400, "not an image"),
+    "truncated JPEG": ("/v1/models/maskpipe:predict", lambda: v1_body([_jpeg()[:1500]]), 400, "truncated"),
+    "0x0 image": ("/v1/models/maskpipe:predict", lambda: v1_body([_png_header(0, 0)]), 400, "image 0:"),
+    "20000x20000 image": ("/v1/models/maskpipe:predict", lambda: v1_body([_png_header(20_000, 20_000)]), 400, "too large"),
+    "50 MB body": ("/v1/models/maskpipe:predict", lambda: v1_body([b"\xff" * (50 * 1024 * 1024 // 4 * 3)]), 413, "over this server's limit"),
+    "empty batch": ("/v1/models/maskpipe:predict", lambda: v1_body([]), 400, "no images"),
+    "batch above the maximum": ("/v1/models/maskpipe:predict", lambda: v1_body([_jpeg()] * (MAX_BATCH + 1)), 400, f"maximum of {MAX_BATCH}"),
+    "wrong JSON shape (v1)": ("/v1/models/maskpipe:predict", lambda: json.dumps({"instances": [_b64(_jpeg())]}).encode(), 400, "must be an object"),
+    "no instances key (v1)": ("/v1/models/maskpipe:predict", lambda: json.dumps({"images": []}).encode(), 400, "instances"),
+    "not base64": ("/v1/models/maskpipe:predict", lambda: json.dumps({"instances": [{"b64": "%%%"}]}).encode(), 400, "not valid base64"),
+    "not JSON": ("/v1/models/maskpipe:predict", lambda: b"{instances", 400, "Unrecognized request format"),
+    "wrong JSON shape (v2)": ("/v2/models/maskpipe/infer", lambda: json.dumps({"inputs": {"name": "images"}}).encode(), 422, "inputs"),
+    "wrong datatype (v2)": (
+        "/v2/models/maskpipe/infer",
+        lambda: json.dumps({"inputs": [{"name": "images", "datatype": "FP32", "shape": [1], "data": [0.5]}]}).encode(),
+        400, "datatype FP32",
+    ),
+    "shape that disagrees with the data (v2)": (
+        "/v2/models/maskpipe/infer",
+        lambda: json.dumps({"inputs": [{"name": "images", "datatype": "BYTES", "shape": [2], "data": [_b64(_jpeg())]}]}).encode(),
+        400, "shape",
+    ),
+    "raw photo bytes in the v2 binary extension": ("/v2/models/maskpipe/infer", lambda: _binary_v2([_jpeg()]), 400, "base64"),
+    "unknown model name (v1)": ("/v1/models/other:predict", lambda: v1_body([_jpeg()]), 404, "other"),
+    "unknown model name (v2)": ("/v2/models/other/infer", lambda: v2_body([_jpeg()]), 404, "other"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_REQUESTS))
+def test_bad_input_gets_a_4xx_with_a_message_and_the_server_keeps_serving(server, case):
+    path, make_body, status, message = BAD_REQUESTS[case]
+    body = make_body()
+    body, headers = body if isinstance(body, tuple) else (body, {})
+    reply = request(f"{server.url}{path}", body, headers=headers)
+    assert reply.status == status, reply.body
+    assert message in json.dumps(reply.body), reply.body
+    good = _v1(server, [_jpeg()])
+    assert good.status == 200 and len(good.body["predictions"]) == 1
+
+
+def test_32_concurrent_clients_get_every_answer_right_and_are_batched(server, photos, expected):
+    ids = expected["ImageID"].tolist()
+    bodies = [v1_body([photos[i]]) for i in ids]
+    result = drive(server.url, bodies, clients=32, requests_per_client=20)
+    assert result.requests == 32 * 20
+    failures = {key: reply for key, reply in result.answers.items() if reply.status != 200}
+    assert not failures, list(failures.items())[:3]
+    for (client, index), reply in result.answers.items():
+        image = (client + index) % len(ids)
+        assert [p["class"] for p in reply.body["predictions"]] == [expected["ans"].iloc[image]]
+    batch_sizes = [int(reply.headers["x-maskpipe-batch-images"]) for reply in result.answers.values()]
+    assert max(batch_sizes) > 1  # concurrent requests shared forward passes
+
+
+@pytest.mark.parametrize("damage", ["alter", "remove"])
+def test_a_model_folder_with_a_missing_or_altered_file_refuses_to_start(exported_model, tmp_path, damage):
+    copy = tmp_path / "model"
+    shutil.copytree(exported_model, copy)
+    target = copy / "model.onnx"
+    if damage == "alter":
+        with open(target, "r+b") as handle:
+            handle.seek(100)
+            byte = handle.read(1)
+            handle.seek(100)
+            handle.write(bytes([byte[0] ^ 0xFF]))
+    else:
+        target.unlink()
+    result = subprocess.run(
+        [serve_python(), "-m", "maskpipe", "serve", str(copy), "--port", "0"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert str(target) in result.stderr and ("altered" in result.stderr or "missing" in result.stderr)
+    assert "Traceback" not in result.stderr
