@@ -32,6 +32,7 @@ DECLARED_OUTPUTS = {
     "ensemble-infer": {
         "submission": "file", "report": "file", "metrics": None, "confusion_matrix": None, "html_report": "file",
     },
+    "export-model": {"model": "dir"},
 }  # fmt: skip
 
 
@@ -97,12 +98,24 @@ def test_submission_scores_well_above_chance(local_run):
     )
 
 
-def test_every_declared_artifact_exists(local_run):
-    display = {
+def step_display_names(spec) -> dict[str, str]:
+    """Task key -> display name of every step, inside conditions too (not the conditions)."""
+    dags = [spec.root.dag] + [c.dag for c in spec.components.values() if c.HasField("dag")]
+    return {
         key: task.task_info.name
-        for key, task in pipeline.make_pipeline(pipeline.LOCAL_OPTIONS).pipeline_spec.root.dag.tasks.items()
+        for dag in dags
+        for key, task in dag.tasks.items()
+        if not spec.components[task.component_ref.name].HasField("dag")
     }
+
+
+def test_every_declared_artifact_exists(local_run):
+    display = step_display_names(pipeline.make_pipeline(pipeline.LOCAL_OPTIONS).pipeline_spec)
+    assert set(display.values()) == set(DECLARED_OUTPUTS) | {"deploy"}
     for key, name in display.items():
+        if name == "deploy":  # deploy=false by default: the step does not run
+            assert not (local_run.run_dir / key).exists()
+            continue
         step_dir = local_run.run_dir / key
         executor_output = json.loads((step_dir / "executor_output.json").read_text())
         declared = DECLARED_OUTPUTS[name]
