@@ -1,4 +1,5 @@
 # Quick start: `make demo` (the whole pipeline on synthetic data, CPU-sized) and `make test`.
+# In containers: `make image` builds the project image, `make demo-containers` runs the demo in it.
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -8,7 +9,7 @@ SERVE_VENV ?= .venv-serve
 DEMO_DIR ?= demo-output
 PYTEST_ARGS ?=
 
-.PHONY: demo test venv venv-serve clean
+.PHONY: demo demo-containers image test venv venv-serve clean
 
 # The venv is rebuilt only when pyproject.toml changes (the stamp records the install).
 $(VENV)/.installed: pyproject.toml
@@ -36,11 +37,23 @@ venv-serve: $(SERVE_VENV)/.installed
 DEMO_PEOPLE ?= 90
 DEMO_EVAL_PEOPLE ?= 30
 DEMO_DATA := $(DEMO_DIR)/data-$(DEMO_PEOPLE)-people-$(DEMO_EVAL_PEOPLE)-eval
-demo: venv
-	test -f $(DEMO_DATA)/eval_truth.csv || \
-		$(VENV)/bin/maskpipe synth $(DEMO_DATA) --people $(DEMO_PEOPLE) --eval-people $(DEMO_EVAL_PEOPLE)
-	$(PY) pipeline.py run-local --data $(DEMO_DATA) --preset smoke --val-fraction 0 \
-		--output-dir $(DEMO_DIR)
+DEMO_RUN := pipeline.py run-local --data $(DEMO_DATA) --preset smoke --val-fraction 0
+$(DEMO_DATA)/eval_truth.csv: | venv
+	$(VENV)/bin/maskpipe synth $(DEMO_DATA) --people $(DEMO_PEOPLE) --eval-people $(DEMO_EVAL_PEOPLE)
+
+demo: venv $(DEMO_DATA)/eval_truth.csv
+	$(PY) $(DEMO_RUN) --output-dir $(DEMO_DIR)
+
+# The project image (docker/Dockerfile.gpu) with whichever engine is here, docker or podman;
+# without a reachable registry it builds on a stand-in base first (docker/build-image.sh).
+# No engine yet: `sudo docker/engine/setup-podman.sh`.
+IMAGE_TAG ?= maskpipe:dev
+image:
+	docker/build-image.sh --tag $(IMAGE_TAG)
+
+# The same demo with every step in the image (a warm `make image` takes seconds).
+demo-containers: venv image $(DEMO_DATA)/eval_truth.csv
+	$(PY) $(DEMO_RUN) --runner docker --image $(IMAGE_TAG) --output-dir $(DEMO_DIR)/containers
 
 test: venv venv-serve
 	MASKPIPE_SERVE_PYTHON=$(abspath $(SERVE_VENV))/bin/python $(PY) -m pytest $(PYTEST_ARGS)

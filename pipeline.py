@@ -205,15 +205,16 @@ def _configure(
     shm: bool = False,
     image: Optional[str] = None,
 ) -> None:
-    """Apply the cluster settings of one step (nothing for local runs); ``image``: the step's
-    own image when it is not the pipeline image (the deploy step runs in the serving image)."""
-    if not options.cluster:
-        return
+    """Apply the image and the cluster settings of one step (only the image for local runs);
+    ``image``: the step's own image when it is not the pipeline image (the deploy step runs in
+    the serving image)."""
     if image is not None:
         if image != serving_image(IMAGE):
             task.set_container_image(image)
     elif options.image != IMAGE:
         task.set_container_image(options.image)
+    if not options.cluster:
+        return
     task.set_cpu_request(resources.cpu_request).set_cpu_limit(resources.cpu_limit)
     task.set_memory_request(resources.memory_request).set_memory_limit(resources.memory_limit)
     if gpu and options.gpus > 0:

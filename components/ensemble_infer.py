@@ -3,7 +3,7 @@
 from typing import List
 
 from kfp import dsl
-from kfp.dsl import ClassificationMetrics, Dataset, Input, Markdown, Metrics, Model, Output
+from kfp.dsl import HTML, ClassificationMetrics, Dataset, Input, Markdown, Metrics, Model, Output
 
 from components.image import IMAGE
 
@@ -18,6 +18,7 @@ def ensemble_infer(
     metrics: Output[Metrics],
     confusion_matrix: Output[ClassificationMetrics],
     report: Output[Markdown],
+    html_report: Output[HTML],
     preset: str = "default",
     overrides: List[str] = [],
     tta: bool = False,
@@ -37,6 +38,10 @@ def ensemble_infer(
         metrics: 18-class accuracy and macro-F1 on the validation people.
         confusion_matrix: 18-class confusion matrix on the validation people.
         report: Markdown summary: predicted class counts and validation scores.
+        html_report: Visual report (``maskpipe.reports.write_infer_report``, as ``maskpipe
+            infer`` writes it): predicted class distribution, 18-class confusion heatmap and
+            per-class F1 where the truth is known (validation people; ``eval_truth.csv`` in a
+            local data root), a gallery of sample predictions.
         preset: Config preset whose ``infer`` section gives batch size and workers.
         overrides: Extra ``key=value`` config overrides (``infer.*`` keys apply here).
         tta: Average the predictions of each image and its horizontal flip.
@@ -46,7 +51,7 @@ def ensemble_infer(
     from maskpipe.atomic import write_text
     from maskpipe.config import load_config
     from maskpipe.data.index import eval_index_path, read_eval_index, read_index
-    from maskpipe.ensemble import predict_classes, predict_submission
+    from maskpipe.ensemble import classes_from_probs, predict_rows_probs, predict_submission
     from maskpipe.errors import DataLayoutError
     from maskpipe.labels import CLASS_NAMES, NUM_COMBINED_CLASSES
     from maskpipe.metrics import classification_metrics
@@ -79,7 +84,8 @@ def ensemble_infer(
     val = frame[frame["split"] == "val"]
     scores = None
     if len(val):
-        y_pred = predict_classes(checkpoints, val, data_root, **options)
+        val_probs = predict_rows_probs(checkpoints, val, data_root, **options)
+        y_pred = classes_from_probs(val_probs)
         scores = classification_metrics(
             val["class"].to_numpy(), y_pred, NUM_COMBINED_CLASSES, list(CLASS_NAMES)
         )
@@ -108,3 +114,18 @@ def ensemble_infer(
         f1 = "" if scores is None else f"{scores['per_class_f1'][cls]:.3f}"
         lines.append(f"| {cls} | {name} | {int(predicted.get(cls, 0))} | {f1} |")
     write_text(report.path, "\n".join(lines) + "\n")
+
+    from maskpipe.reports import PredictionSet, write_infer_report
+    from maskpipe.reports.infer_report import find_eval_truth, submission_set
+
+    truth = find_eval_truth(result.data_root)
+    facts = [("TTA", "on" if tta else "off")] + ([("truth", str(truth))] if truth else [])
+    sets = [submission_set(result, truth)]
+    if scores is not None:
+        sets.append(
+            PredictionSet(
+                "validation people", data_root, val["path"].tolist(), val["profile"].tolist(),
+                val_probs, val["class"].to_numpy(),
+            )  # fmt: skip
+        )
+    write_infer_report(sets, html_report.path, facts=facts)

@@ -1,7 +1,7 @@
 """Pipeline step ``index-data``: scan a data root and write the index every later step reads."""
 
 from kfp import dsl
-from kfp.dsl import Dataset, Markdown, Output
+from kfp.dsl import HTML, Dataset, Markdown, Output
 
 from components.image import IMAGE
 
@@ -11,6 +11,7 @@ def index_data(
     data_root: str,
     index: Output[Dataset],
     report: Output[Markdown],
+    html_report: Output[HTML],
     val_fraction: float = 0.2,
     seed: int = 42,
     corrections: str = "",
@@ -27,6 +28,9 @@ def index_data(
         index: Output folder with ``index.parquet``, ``index.eval.parquet`` (when ``eval/``
             exists) and ``report.json``.
         report: Markdown summary: images per split, class and task, and the skipped files.
+        html_report: Visual report (``maskpipe.reports.write_index_report``, as ``maskpipe
+            index`` writes it): images per class and task, people per gender and age bin,
+            skipped and corrected files, sample photos per mask state.
         val_fraction: Fraction of people held out for validation (0 disables the split).
         seed: Seed of the profile-level stratified split.
         corrections: Label corrections: ``""`` for none, ``"known"`` for the widely reported
@@ -53,6 +57,9 @@ def index_data(
         skip_bad_profiles=skip_bad_profiles,
     )
     print(result.summary())
+    from maskpipe.reports import write_index_report
+
+    write_index_report(result.train, result.report, html_report.path)
 
     train = result.train
     eval_rows = 0 if result.eval is None else len(result.eval)

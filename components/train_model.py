@@ -3,7 +3,7 @@
 from typing import List
 
 from kfp import dsl
-from kfp.dsl import ClassificationMetrics, Dataset, Input, Metrics, Model, Output
+from kfp.dsl import HTML, ClassificationMetrics, Dataset, Input, Metrics, Model, Output
 
 from components.image import IMAGE
 
@@ -15,6 +15,7 @@ def train_model(
     model: Output[Model],
     metrics: Output[Metrics],
     confusion_matrix: Output[ClassificationMetrics],
+    html_report: Output[HTML],
     preset: str = "default",
     epochs: int = 0,
     batch_size: int = 0,
@@ -35,9 +36,12 @@ def train_model(
         task: ``mask``, ``gender`` or ``age``.
         index: Folder written by ``index-data`` (``index.parquet`` is read).
         model: Output checkpoint folder (``model.safetensors``, ``checkpoint.json``,
-            ``config.yaml``, ``history.json``, ``metrics.json``).
+            ``config.yaml``, ``history.json``, ``metrics.json``, ``mistakes.json``).
         metrics: Scalar validation metrics of the chosen epoch.
         confusion_matrix: Validation confusion matrix of this task's classes.
+        html_report: Visual report (``maskpipe.reports.write_train_report``, as ``maskpipe
+            train`` writes it): loss, accuracy and macro-F1 per epoch, learning rate per step,
+            confusion heatmap, the most confidently wrong images.
         preset: Config preset: ``default``, ``original`` or ``smoke``.
         epochs: Training epochs (``train.epochs``); 0 keeps the preset's.
         batch_size: Batch size (``train.batch_size``); 0 keeps the preset's.
@@ -86,6 +90,9 @@ def train_model(
         config, task, Path(index.path) / "index.parquet", checkpoint_dir, resume_uri=resume_uri
     )
     print(result.summary())
+    from maskpipe.reports import write_train_report
+
+    write_train_report(checkpoint_dir, html_report.path)
     # The resume state (optimizer and all) is only for restarting this step; the mirror keeps
     # it when enabled, so the artifact carries only what inference and people need.
     shutil.rmtree(checkpoint_dir / "state", ignore_errors=True)

@@ -1,6 +1,9 @@
 """Atomic file writes: write to a temporary file beside the target, fsync, rename.
 
 A pod killed at any moment leaves either the old file or the new one, never half of one.
+Files get the mode a plain ``open()`` would give them (0666 less the umask, e.g. 644), not
+mkstemp's private 600: the images run as another user (uid 1001, group 0) that must read
+what the host wrote, e.g. a synthetic data set bind-mounted into a container.
 :func:`sha256_file` is the digest that checkpoints and exported models record to prove it.
 """
 
@@ -21,9 +24,7 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     over ``target``. On error the temporary file is removed and ``target`` is untouched."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    tmp = temporary_file_beside(target, suffix=".tmp")
     try:
         yield tmp
         with open(tmp, "rb+") as handle:
@@ -32,6 +33,31 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
         _fsync_dir(target.parent)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def temporary_file_beside(target: Path, *, suffix: str) -> Path:
+    """A new empty file in ``target``'s folder (hidden, unique name) with the umask's mode."""
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix, dir=target.parent)
+    try:
+        os.fchmod(fd, 0o666 & ~current_umask())
+    finally:
+        os.close(fd)
+    return Path(tmp_name)
+
+
+def current_umask() -> int:
+    """This process's umask, read without changing it (os.umask would, for a moment, for
+    every thread) where Linux reports it; otherwise by setting and restoring it."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def write_bytes(target: str | os.PathLike[str], data: bytes) -> None:

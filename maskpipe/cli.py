@@ -57,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--cache-dir", type=Path, help="local cache for s3:// data")
     p.add_argument("--workers", type=int, help="parallel decode checks (default: CPU count)")
+    _html_arg(p, "OUT with .report.html for .parquet, e.g. index.report.html")
     p.set_defaults(func=_cmd_index)
 
     p = sub.add_parser("train", help="train one task model")
@@ -66,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(p)
     p.add_argument("--resume-uri", help="s3://bucket/key/ where resume state is mirrored")
     p.add_argument("--cache-dir", type=Path, help="local cache for s3:// data")
+    _html_arg(p, "OUT/report.html")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("infer", help="three checkpoints (or an exported model) + eval data -> submission.csv")
@@ -83,6 +85,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--cache-dir", type=Path, help="local cache for s3:// data")
+    p.add_argument(
+        "--truth",
+        type=Path,
+        help="true classes of the eval images (ImageID,ans) for the report's scores "
+        "(default: DATA/eval_truth.csv when it exists)",
+    )
+    _html_arg(p, "OUT with .report.html for .csv, e.g. submission.report.html")
     p.set_defaults(func=_cmd_infer)
 
     p = sub.add_parser("export", help="three checkpoints -> one ONNX graph + model card (the served model)")
@@ -137,6 +146,15 @@ def _config_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _html_arg(p: argparse.ArgumentParser, default: str) -> None:
+    p.add_argument("--html", type=Path, help=f"HTML report to write (default: {default})")
+
+
+def _beside(out: Path, explicit: Path | None) -> Path:
+    """The report path: ``--html``, else ``out`` with ``.report.html`` for its suffix."""
+    return explicit if explicit is not None else out.with_name(f"{out.stem}.report.html")
+
+
 def _cmd_synth(args: argparse.Namespace) -> None:
     from maskpipe.data.synth import generate
 
@@ -161,6 +179,10 @@ def _cmd_index(args: argparse.Namespace) -> None:
         workers=args.workers,
     )
     print(result.summary())
+    from maskpipe.reports import write_index_report
+
+    html = write_index_report(result.train, result.report, _beside(args.out, args.html), cache_dir=args.cache_dir)
+    print(f"report: {html}")
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
@@ -177,6 +199,10 @@ def _cmd_train(args: argparse.Namespace) -> None:
         cache_dir=args.cache_dir,
     )
     print(result.summary())
+    from maskpipe.reports import write_train_report
+
+    html = write_train_report(args.out, args.html or args.out / "report.html", cache_dir=args.cache_dir)
+    print(f"report: {html}")
 
 
 def _cmd_infer(args: argparse.Namespace) -> None:
@@ -202,6 +228,17 @@ def _cmd_infer(args: argparse.Namespace) -> None:
         backend=backend,
     )
     print(result.summary())
+    from maskpipe.reports import write_infer_report
+    from maskpipe.reports.infer_report import find_eval_truth, submission_set
+
+    truth = args.truth or find_eval_truth(result.data_root)
+    facts = [("TTA", "on" if args.tta else "off"), ("device", result.device)]
+    if truth is not None:
+        facts.append(("truth", str(truth)))
+    html = write_infer_report(
+        [submission_set(result, truth)], _beside(args.out, args.html), facts=facts, cache_dir=args.cache_dir
+    )
+    print(f"report: {html}")
 
 
 def _cmd_export(args: argparse.Namespace) -> None:

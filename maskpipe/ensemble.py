@@ -54,6 +54,11 @@ class InferResult:
     seconds: float
     device: str
     tta: bool
+    # per-task softmax probabilities of each submission row ({task: (N, classes)})
+    probs: dict[str, np.ndarray] | None = None
+    # the eval index rows predicted (image_id, path relative to data_root)
+    frame: pd.DataFrame | None = None
+    data_root: str | None = None
 
     def summary(self) -> str:
         n = len(self.submission)
@@ -143,10 +148,25 @@ def predict_submission(
         seconds=time.perf_counter() - start,
         device=str(torch_device),
         tta=tta,
+        probs=probs,
+        frame=frame,
+        data_root=root,
     )
 
 
 def predict_classes(
+    checkpoints: Mapping[str, Path | str | LoadedCheckpoint],
+    frame: pd.DataFrame,
+    data_root: str,
+    **options: Any,
+) -> np.ndarray:
+    """18-class ids for the rows of ``frame`` (column ``path``, relative to ``data_root``),
+    e.g. the validation people of the index, in row order; ``options`` as for
+    :func:`predict_rows_probs`."""
+    return classes_from_probs(predict_rows_probs(checkpoints, frame, data_root, **options))
+
+
+def predict_rows_probs(
     checkpoints: Mapping[str, Path | str | LoadedCheckpoint],
     frame: pd.DataFrame,
     data_root: str,
@@ -157,18 +177,17 @@ def predict_classes(
     device: str = "auto",
     cache_dir: str | Path | None = None,
     amp: bool | None = None,
-) -> np.ndarray:
-    """18-class ids for the rows of ``frame`` (column ``path``, relative to ``data_root``),
-    e.g. the validation people of the index, in row order."""
+) -> dict[str, np.ndarray]:
+    """Per-task softmax probabilities (``{task: (N, classes)}``) for the rows of ``frame``
+    (column ``path``, relative to ``data_root``), in row order."""
     if "path" not in frame.columns:
         raise DataLayoutError(f"the frame needs a 'path' column; it has {list(frame.columns)}")
     torch_device = resolve_device(device)
     loaded = load_task_models(checkpoints, torch_device)
-    probs = _rows_probs(
+    return _rows_probs(
         loaded, data_root, frame, cache_dir,
         tta=tta, batch_size=batch_size, num_workers=num_workers, device=torch_device, amp=amp,
     )  # fmt: skip
-    return classes_from_probs(probs)
 
 
 def open_exported(model_dir: str | Path, backend: str, device: str, tta: bool):
@@ -514,10 +533,9 @@ def _check_amp(amp: bool | None, device: torch.device) -> bool:
 
 
 def _progress(loader: Iterable, images: int, batch_size: int):
-    from tqdm.auto import tqdm
+    from maskpipe.progress import progress
 
-    # disable=None: a bar on a terminal, silence in logs and tests.
-    return tqdm(loader, total=math.ceil(images / batch_size), desc="infer", unit="batch", disable=None)
+    return progress(loader, total=math.ceil(images / batch_size), desc="infer", unit="batch")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -32,7 +32,6 @@ import os
 import random
 import re
 import shutil
-import tempfile
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
@@ -41,7 +40,7 @@ from pathlib import Path, PurePosixPath
 from typing import Callable, Mapping, TypeVar
 from urllib.parse import urlsplit
 
-from maskpipe.atomic import atomic_path
+from maskpipe.atomic import atomic_path, temporary_file_beside
 from maskpipe.errors import StorageError
 
 log = logging.getLogger(__name__)
@@ -839,9 +838,7 @@ def _fetch_once(bucket: _Bucket, obj: _RemoteObject, target: Path, durable: bool
         with atomic_path(target) as tmp:
             _stream_to(bucket, obj, tmp)
         return
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    tmp = temporary_file_beside(target, suffix=".part")
     try:
         _stream_to(bucket, obj, tmp)
         os.replace(tmp, target)
@@ -886,11 +883,12 @@ def _run_parallel(tasks: list[Callable[[], None]], workers: int, *, desc: str, f
     """Run ``tasks`` on a thread pool with a progress bar; stop at the first failure."""
     if not tasks:
         return
-    from tqdm.auto import tqdm
+    from maskpipe.progress import Progress
 
     with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix=f"s3-{desc}") as pool:
         futures: list[Future[None]] = [pool.submit(task) for task in tasks]
-        with tqdm(total=len(futures), desc=desc, unit="file", disable=None if len(tasks) > 50 else True) as bar:
+        # A handful of files (the per-epoch resume mirror) is not worth a bar.
+        with Progress(len(futures), desc=desc, unit="file", enabled=len(tasks) > 50) as bar:
             for future in as_completed(futures):
                 error = future.exception()
                 if error is not None:

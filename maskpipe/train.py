@@ -34,6 +34,11 @@ STATE_FORMAT = 1
 STATE_FILE = Path("state") / "last.pt"
 HISTORY_FILE = "history.json"
 METRICS_FILE = "metrics.json"
+MISTAKES_FILE = "mistakes.json"
+# The confidently wrong images kept per chosen epoch, and the training images a run without
+# validation people reviews for them (a sample: the review runs at every new best epoch).
+MISTAKES_KEPT = 24
+REVIEW_SAMPLE = 512
 CONFIG_FILE = "config.yaml"
 
 # Config keys that may change between a run and its resumption; everything else must match.
@@ -381,12 +386,15 @@ class _Run:
         total = self.config.train.epochs
         for epoch in range(start_epoch + 1, total + 1):
             began = time.monotonic()
-            train_metrics = self.train_one_epoch(epoch, total)
-            val_metrics = self.evaluate() if self.data.val_loader is not None else None
+            train_metrics, lr_steps = self.train_one_epoch(epoch, total)
+            val_metrics, val_probs = (None, None)
+            if self.data.val_loader is not None:
+                val_metrics, val_probs = self.evaluate(self.data.val_loader)
             self.epoch = epoch
-            improved = self._record(epoch, train_metrics, val_metrics, time.monotonic() - began)
+            improved = self._record(epoch, train_metrics, val_metrics, time.monotonic() - began, lr_steps)
             if improved:
                 self._save_best(epoch, train_metrics, val_metrics)
+                self._save_mistakes(epoch, val_probs)
             patience = self.config.train.early_stopping_patience
             if patience and self.bad_epochs >= patience and epoch < total:
                 self.stopped_early = True
@@ -395,46 +403,48 @@ class _Run:
             if self.stopped_early:
                 break
 
-    def train_one_epoch(self, epoch: int, total: int) -> dict[str, Any]:
-        from tqdm.auto import tqdm
-
-        from maskpipe.data.cache import progress_disabled
+    def train_one_epoch(self, epoch: int, total: int) -> tuple[dict[str, Any], list[float]]:
+        """One pass over the training data; returns its metrics and the learning rate of
+        each optimizer step."""
+        from maskpipe.progress import progress
 
         accum = self.config.train.grad_accum
         loader = self.data.train_loader
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
-        losses, preds, targets = [], [], []
-        bar = tqdm(loader, desc=f"{self.task} {epoch}/{total}", leave=False, disable=progress_disabled())
-        for step, (images, labels) in enumerate(bar, start=1):
+        losses, preds, targets, lr_steps = [], [], [], []
+        batches = progress(loader, desc=f"{self.task} epoch {epoch}/{total}", unit="batch", leave=False)
+        for step, (images, labels) in enumerate(batches, start=1):
             images, labels = self._to_device(images, labels)
             with self._autocast():
                 logits = self.model(images)
                 loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.config.train.label_smoothing)
             (loss / accum).backward()
             if step % accum == 0 or step == len(loader):
+                lr_steps.append(self.optimizer.param_groups[0]["lr"])
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
                 self.scheduler.step()
             losses.append(loss.item() * len(labels))
             preds.append(logits.argmax(1).cpu())
             targets.append(labels.cpu())
-            bar.set_postfix(loss=f"{loss.item():.3f}")
-        bar.close()
-        return self._metrics(torch.cat(targets), torch.cat(preds), sum(losses), "train")
+        return self._metrics(torch.cat(targets), torch.cat(preds), sum(losses), "train"), lr_steps
 
     @torch.no_grad()
-    def evaluate(self) -> dict[str, Any]:
+    def evaluate(self, loader) -> tuple[dict[str, Any], np.ndarray]:
+        """Metrics of ``loader``'s images (in order) and their softmax probabilities."""
         self.model.eval()
-        losses, preds, targets = [], [], []
-        for images, labels in self.data.val_loader:
+        losses, probs, targets = [], [], []
+        for images, labels in loader:
             images, labels = self._to_device(images, labels)
             with self._autocast():
                 logits = self.model(images).float()
             losses.append(F.cross_entropy(logits, labels, reduction="sum").item())
-            preds.append(logits.argmax(1).cpu())
+            probs.append(logits.softmax(1).cpu())
             targets.append(labels.cpu())
-        return self._metrics(torch.cat(targets), torch.cat(preds), sum(losses), "val")
+        all_probs = torch.cat(probs)
+        metrics = self._metrics(torch.cat(targets), all_probs.argmax(1), sum(losses), "val")
+        return metrics, all_probs.numpy()
 
     def _to_device(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         non_blocking = self.device.type == "cuda"
@@ -464,7 +474,8 @@ class _Run:
     # -- bookkeeping ----------------------------------------------------------------------
 
     def _record(
-        self, epoch: int, train: dict[str, Any], val: dict[str, Any] | None, seconds: float
+        self, epoch: int, train: dict[str, Any], val: dict[str, Any] | None, seconds: float,
+        lr_steps: list[float],
     ) -> bool:
         lr = self.optimizer.param_groups[0]["lr"]
         score = self._selection_score(epoch, train, val)
@@ -484,6 +495,7 @@ class _Run:
             "lr": lr,
             "seconds": round(seconds, 2),
             "best": improved,
+            "lr_steps": lr_steps,
         }
         self.history.append(row)
         log.info(_epoch_line(self.task, epoch, self.config.train.epochs, row))
@@ -511,6 +523,16 @@ class _Run:
             self.out_dir, self.model, task=self.task, config=self.config, epoch=epoch, metrics=summary
         )
         write_json(self.out_dir / METRICS_FILE, chosen)
+
+    def _save_mistakes(self, epoch: int, val_probs: np.ndarray | None) -> None:
+        """Write the images the chosen epoch's model gets most confidently wrong: validation
+        images when there are any, else a fixed sample of training images (unaugmented)."""
+        review = self.data.review
+        probs = val_probs if review.split == "val" else self.evaluate(review.loader)[1]
+        write_json(
+            self.out_dir / MISTAKES_FILE,
+            confident_mistakes(probs, review, epoch, list(TASK_CLASS_NAMES[self.task])),
+        )
 
     def close(self) -> None:
         # Persistent workers hold processes; end them now rather than at interpreter exit.
@@ -615,12 +637,54 @@ class _CosineWithWarmup:
 
 
 @dataclass
+class Review:
+    """The images whose predictions are kept for the report: the validation images, or a
+    sample of the training images; ``rows`` are their index rows, in ``loader`` order."""
+
+    split: str
+    loader: Any
+    rows: np.ndarray
+    labels: np.ndarray
+    paths: list[str]
+    data_root: str
+
+
+@dataclass
 class TaskData:
     train_loader: Any
     val_loader: Any | None
     train_size: int
     val_size: int
     workers: int
+    review: Review
+
+
+def confident_mistakes(
+    probs: np.ndarray, review: Review, epoch: int, class_names: list[str], kept: int = MISTAKES_KEPT
+) -> dict[str, Any]:
+    """The ``kept`` wrong predictions of highest probability, as JSON-ready values."""
+    predicted = probs.argmax(axis=1)
+    confidence = probs[np.arange(len(probs)), predicted]
+    wrong = np.flatnonzero(predicted != review.labels)
+    worst = wrong[np.argsort(-confidence[wrong], kind="stable")][:kept]
+    return {
+        "epoch": epoch,
+        "split": review.split,
+        "data_root": review.data_root,
+        "class_names": class_names,
+        "images_checked": int(len(probs)),
+        "wrong": int(len(wrong)),
+        "mistakes": [
+            {
+                "path": review.paths[int(review.rows[i])],
+                "true": int(review.labels[i]),
+                "predicted": int(predicted[i]),
+                "probability": float(confidence[i]),
+                "true_probability": float(probs[i, review.labels[i]]),
+            }
+            for i in worst
+        ],
+    }
 
 
 def build_task_data(
@@ -686,15 +750,25 @@ def build_task_data(
         train_set, batch_size=t.batch_size, train=True, num_workers=workers, device=device,
         generator=generator, sampler=sampler,
     )
+    def eval_loader(rows: np.ndarray, loader_generator: torch.Generator | None = None):
+        rows_set = ImageDataset(Subset(source, rows), eval_labels[rows])
+        return make_loader(
+            rows_set, batch_size=max(t.batch_size, 64), train=False, num_workers=workers, device=device,
+            generator=loader_generator,
+        )  # fmt: skip
+
     val_loader = None
     if len(val_rows):
-        val_set = ImageDataset(Subset(source, val_rows), eval_labels[val_rows])
-        val_loader = make_loader(
-            val_set, batch_size=max(t.batch_size, 64), train=False, num_workers=workers, device=device,
-        )
+        val_loader = eval_loader(val_rows)
+        review = Review("val", val_loader, val_rows, eval_labels[val_rows], frame["path"].tolist(), data_root)
+    else:
+        # Its own generators: reviewing must not move the random streams training draws from.
+        sample = np.sort(np.random.default_rng(t.seed).permutation(train_rows)[:REVIEW_SAMPLE])
+        review_loader = eval_loader(sample, torch.Generator().manual_seed(t.seed))
+        review = Review("train", review_loader, sample, eval_labels[sample], frame["path"].tolist(), data_root)
     counts = np.bincount(labels[train_rows], minlength=NUM_CLASSES[task]).tolist()
     log.info(
         "%s: %d training images (classes %s), %d validation images, %d loader workers, %s path",
         task, len(train_rows), counts, len(val_rows), workers, d.augment,
     )
-    return TaskData(train_loader, val_loader, len(train_rows), len(val_rows), workers)
+    return TaskData(train_loader, val_loader, len(train_rows), len(val_rows), workers, review)

@@ -19,6 +19,8 @@ from pipeline_cli.api_errors import ClusterError
 from pipeline_cli.cluster import submit, upload
 from pipeline_cli.local_run import PipelineRunError, run_local
 
+# What `make image` builds; run-local --runner docker uses it unless --image says otherwise.
+LOCAL_IMAGE = "maskpipe:dev"
 DESCRIPTION = "The maskpipe Kubeflow pipeline: compile it, run it here, or send it to a cluster."
 
 
@@ -39,6 +41,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir", type=Path, default=Path("local_outputs"))
     p.add_argument("--truth", type=Path, help="eval truth CSV (default: DATA/eval_truth.csv)")
     p.add_argument("--retries", type=int, default=0, help="retries of each training step")
+    g = p.add_argument_group("containers")
+    g.add_argument("--runner", choices=("subprocess", "docker"), default="subprocess",
+                   help="subprocess: each step in this Python; docker: each step in --image "
+                   "(Docker or podman, see docs/cluster.md)")
+    g.add_argument("--image", help=f"image of --runner docker (default {LOCAL_IMAGE}, what "
+                   "`make image` builds)")
     p.set_defaults(func=_cmd_run_local)
 
     p = sub.add_parser("submit", help="compile and start a run on a Kubeflow cluster")
@@ -83,8 +91,12 @@ def _cmd_compile(args: argparse.Namespace) -> None:
 
 
 def _cmd_run_local(args: argparse.Namespace) -> None:
+    if args.image and args.runner != "docker":
+        raise argparse.ArgumentTypeError("--image runs the steps in containers: add --runner docker")
+    image = (args.image or LOCAL_IMAGE) if args.runner == "docker" else None
     options = dataclasses.replace(LOCAL_OPTIONS, retries=args.retries)
-    run = run_local(pipeline_arguments(args), args.output_dir, options=options, truth=args.truth)
+    run = run_local(pipeline_arguments(args), args.output_dir, options=options, truth=args.truth,
+                    image=image)
     print()
     print(run.summary())
 

@@ -1,5 +1,11 @@
-"""Run the whole pipeline on this machine through kfp.local and collect what it wrote."""
+"""Run the whole pipeline on this machine through kfp.local and collect what it wrote.
 
+Two runners: each step as a subprocess of this Python (the default), or each step in the
+project image (``image=``; the container side is in ``pipeline_cli.containers``).
+"""
+
+import contextlib
+import dataclasses
 import json
 import re
 import shutil
@@ -25,9 +31,11 @@ class LocalRun:
     index_dir: Path
     checkpoints: Dict[str, Path]
     reports: Dict[str, Path]
+    html_reports: Dict[str, Path]  # step name -> its HTML report, in pipeline order
     metrics: Dict[str, Dict[str, Any]]
     scores: Optional[Dict[str, Any]] = None
     log_path: Optional[Path] = None
+    report: Optional[Path] = None  # report.html linking the step reports
     model_dir: Optional[Path] = None  # what export-model wrote (None with export=false)
 
     def summary(self) -> str:
@@ -51,6 +59,8 @@ class LocalRun:
         lines += ["", f"submission.csv: {self.submission}"]
         if self.model_dir is not None:
             lines.append(f"served model:   {self.model_dir}  (maskpipe serve {self.model_dir})")
+        if self.report:
+            lines.append(f"report:         {self.report}")
         return "\n".join(lines)
 
 
@@ -60,13 +70,17 @@ def run_local(
     *,
     options: PipelineOptions = LOCAL_OPTIONS,
     truth: Optional[Path] = None,
+    image: Optional[str] = None,
 ) -> LocalRun:
-    """Run the whole pipeline here with kfp.local.SubprocessRunner(use_venv=False).
+    """Run the whole pipeline here through kfp.local.
 
-    Each step runs as a subprocess of this Python, with this environment. The terminal shows
-    one line per step start and end and training's epoch lines; everything else kfp.local
-    prints goes to ``output_dir/run-local.log``. On failure raises PipelineRunError naming the
-    step (display name), the last error line of its log and the log's tail.
+    Without ``image`` each step runs as a subprocess of this Python, with this environment
+    (``SubprocessRunner(use_venv=False)``). With ``image`` each step runs in a container of
+    that image (``DockerRunner``), the image compiled into every step. The terminal shows one
+    line per step start and end and training's epoch lines; everything else kfp.local prints
+    goes to ``output_dir/run-local.log``. On failure raises PipelineRunError naming the step
+    (display name), the cause and the tail of its log; the outputs of the steps that ran stay
+    under ``output_dir/runs``.
     """
     from kfp import local
 
@@ -77,22 +91,42 @@ def run_local(
     if not _is_s3(arguments["data_root"]):
         arguments["data_root"] = str(Path(arguments["data_root"]).resolve())
     log_path = output_dir / "run-local.log"
+    in_containers = None
+    runner: Any = local.SubprocessRunner(use_venv=False)
+    if image:
+        from pipeline_cli import containers
+
+        try:
+            in_containers = containers.prepare(image, arguments["data_root"])
+        except containers.ContainerEngineError as exc:
+            raise PipelineRunError(str(exc)) from None
+        in_containers.log_dir = output_dir / "container-logs"
+        options = dataclasses.replace(options, image=in_containers.image)
+        runner = local.DockerRunner(**in_containers.run_args())
     pipeline_func = make_pipeline(options)
     display_names = {
         key: spec.task_info.name for key, spec in pipeline_func.pipeline_spec.root.dag.tasks.items()
     }
 
-    local.init(
-        runner=local.SubprocessRunner(use_venv=False),
-        pipeline_root=str(runs_root),
-        raise_on_error=True,
-    )
+    local.init(runner=runner, pipeline_root=str(runs_root), raise_on_error=True)
     before = set(runs_root.iterdir())
-    with console_to(log_path, display_names) as console:
+    with contextlib.ExitStack() as stack:
+        if in_containers is not None:
+            stack.enter_context(containers.group_writable_root(runs_root))
+            stack.enter_context(containers.steps_in_containers(in_containers))
+        console = stack.enter_context(console_to(log_path, display_names))
         try:
             pipeline_func(**arguments)
         except RuntimeError as exc:
-            raise PipelineRunError(_failure_message(str(exc), console, log_path)) from None
+            message = _failure_message(str(exc), console, log_path)
+            failed = in_containers.failed_step() if in_containers is not None else None
+            if failed is not None:
+                key = _failed_task_key(str(exc))
+                message = containers.failure_message(
+                    console.name(key) if key else "unknown step", key or "?", failed,
+                    in_containers.image,
+                ) + f"\nthe other steps' outputs: {runs_root}\nfull log: {log_path}"
+            raise PipelineRunError(message) from None
     new_dirs = sorted(p for p in set(runs_root.iterdir()) - before if p.is_dir())
     if not new_dirs:
         raise PipelineRunError(f"kfp.local wrote no run folder under {runs_root}")
@@ -105,6 +139,11 @@ def run_local(
         from maskpipe.evaluate import evaluate_files
 
         run.scores = evaluate_files(run.submission, truth, json_path=output_dir / "scores.json")
+    from maskpipe.reports import write_run_index
+
+    run.report = write_run_index(
+        run.html_reports, output_dir / "report.html", title=f"Pipeline run {run.run_dir.name}"
+    )
     return run
 
 
@@ -134,9 +173,24 @@ def collect_local_run(
             "index": by_name["index-data"] / "report",
             "inference": infer_dir / "report",
         },
+        html_reports={
+            name: by_name[name] / "html_report"
+            for name in _in_pipeline_order(by_name)
+            if (by_name[name] / "html_report").exists() or name in _REPORTING_STEPS
+        },
         metrics=metrics,
         model_dir=exported if (exported / "model.json").is_file() else None,
     )
+
+
+# The steps that always write an HTML report (a missing one is listed as missing).
+_REPORTING_STEPS = ("index-data", *(f"train-{task}" for task in TASKS), "ensemble-infer")
+
+
+def _in_pipeline_order(names) -> list:
+    """Indexing first, then the trainings, the ensemble, and whatever follows it."""
+    order = _REPORTING_STEPS
+    return sorted(names, key=lambda name: (order.index(name) if name in order else len(order), name))
 
 
 def _metrics_from_executor_output(path: Path) -> Dict[str, Any]:
@@ -154,19 +208,23 @@ _ERROR_LINE = re.compile(r"^\s*((?:[A-Za-z_][\w.]*\.)?[A-Z]\w*(?:Error|Exception
 
 def _failure_message(error: str, console: StepConsole, log_path: Path) -> str:
     """Name the failed step, quote the last error line of its log, then the log's tail."""
-    error = ANSI.sub("", error)
-    match = re.search(r"Inner task failed: '?([\w-]+)", error)
-    key = match.group(1) if match else None
+    key = _failed_task_key(error)
     step = console.name(key) if key else "unknown step"
     step_log = console.step_log(key) if key else []
     causes = [m.group(1).strip() for m in map(_ERROR_LINE.match, step_log) if m]
-    cause = causes[-1] if causes else error.strip()
+    cause = causes[-1] if causes else ANSI.sub("", error).strip()
     lines = [f"step {step} (task {key}) failed: {cause}"]
     if step_log:
         lines.append("last lines of its log:")
         lines += [f"  | {line}" for line in step_log[-TAIL_LINES:]]
     lines.append(f"full log: {log_path}")
     return "\n".join(lines)
+
+
+def _failed_task_key(error: str) -> Optional[str]:
+    """The task key (e.g. ``train-model-2``) in kfp.local's error for a failed pipeline."""
+    match = re.search(r"Inner task failed: '?([\w-]+)", ANSI.sub("", error))
+    return match.group(1) if match else None
 
 
 def _is_s3(uri: str) -> bool:

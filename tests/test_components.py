@@ -41,8 +41,9 @@ def indexed(data_root, tmp_path_factory) -> dsl.Dataset:
     out = tmp_path_factory.mktemp("index-step")
     index = artifact(dsl.Dataset, out, "index")
     index_data.python_func(
-        data_root=str(data_root), index=index, report=artifact(dsl.Markdown, out, "report"), val_fraction=0.34
-    )
+        data_root=str(data_root), index=index, report=artifact(dsl.Markdown, out, "report"),
+        html_report=artifact(dsl.HTML, out, "html_report"), val_fraction=0.34,
+    )  # fmt: skip
     return index
 
 
@@ -61,6 +62,7 @@ def trained(indexed, tmp_path_factory) -> dict[str, tuple[dsl.Model, dsl.Metrics
             model=model,
             metrics=metrics,
             confusion_matrix=confusion,
+            html_report=artifact(dsl.HTML, out, "html_report"),
             preset="smoke",
             epochs=1,
             architecture="resnet10t",
@@ -96,15 +98,23 @@ def test_index_data_report_counts_classes_per_split(indexed):
         assert f"| {cls} | {CLASS_NAMES[cls]} | {n_train} | {n_val} |" in report
 
 
+def test_index_data_writes_an_html_report_beside_the_index(indexed):
+    html = (Path(indexed.path).parent / "html_report").read_text()
+    assert html.startswith("<!DOCTYPE html>")
+    assert "Images per class" in html and "People per gender and age bin" in html
+
+
 def test_index_data_lists_skipped_files_in_the_report(tmp_path):
     data = make_dataset(tmp_path / "data", eval_images=2)
     broken = truncate(data.image("000003_female_Asian_22", "mask2"))
     out = tmp_path / "out"
     index, report = artifact(dsl.Dataset, out, "index"), artifact(dsl.Markdown, out, "report")
-    index_data.python_func(data_root=str(data.root), index=index, report=report)
+    html_report = artifact(dsl.HTML, out, "html_report")
+    index_data.python_func(data_root=str(data.root), index=index, report=report, html_report=html_report)
     text = Path(report.path).read_text()
     assert "## Skipped files" in text
     assert broken.relative_to(data.root).as_posix() in text
+    assert broken.relative_to(data.root).as_posix() in Path(html_report.path).read_text()
     assert index.metadata["skipped_files"] == 1
     assert index.metadata["images"] == 12 * 7 - 1
 
@@ -115,7 +125,7 @@ def test_index_data_fails_naming_a_missing_data_root(tmp_path):
     with pytest.raises(DataLayoutError, match="no-such-data"):
         index_data.python_func(
             data_root=str(missing), index=artifact(dsl.Dataset, out, "index"),
-            report=artifact(dsl.Markdown, out, "report"),
+            report=artifact(dsl.Markdown, out, "report"), html_report=artifact(dsl.HTML, out, "html_report"),
         )  # fmt: skip
 
 
@@ -128,7 +138,7 @@ def test_index_data_fails_naming_a_missing_data_root(tmp_path):
 def test_train_model_writes_a_checkpoint_folder(trained, task):
     model, _, _ = trained[task]
     folder = Path(model.path)
-    for name in ("model.safetensors", "checkpoint.json", "config.yaml", "history.json", "metrics.json"):
+    for name in ("model.safetensors", "checkpoint.json", "config.yaml", "history.json", "metrics.json", "mistakes.json"):
         assert (folder / name).is_file(), name
     # the resume state is for restarting the step, not part of the artifact
     assert not (folder / "state").exists()
@@ -166,6 +176,15 @@ def test_train_model_logs_metrics_and_confusion_matrix(trained, task):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("task", TASKS)
+def test_train_model_writes_an_html_report_of_its_task(trained, task):
+    model, _, _ = trained[task]
+    html = (Path(model.path).parent / "html_report").read_text()
+    assert f"Training: {task}" in html and "Learning rate per optimizer step" in html
+    assert "Most confidently wrong" in html
+
+
+@pytest.mark.slow
 def test_train_model_named_parameters_reach_the_saved_config(trained):
     import yaml
 
@@ -185,6 +204,7 @@ def test_train_model_rejects_a_bad_override_before_training(indexed, tmp_path):
             task="mask", index=indexed, model=artifact(dsl.Model, tmp_path, "model"),
             metrics=artifact(dsl.Metrics, tmp_path, "metrics"),
             confusion_matrix=artifact(dsl.ClassificationMetrics, tmp_path, "cm"),
+            html_report=artifact(dsl.HTML, tmp_path, "html_report"),
             preset="smoke", overrides=["train.nope=1"],
         )  # fmt: skip
     assert not (tmp_path / "model").exists()
@@ -198,6 +218,7 @@ def test_train_model_needs_a_run_id_for_the_resume_mirror(indexed, tmp_path):
             task="mask", index=indexed, model=artifact(dsl.Model, tmp_path, "model"),
             metrics=artifact(dsl.Metrics, tmp_path, "metrics"),
             confusion_matrix=artifact(dsl.ClassificationMetrics, tmp_path, "cm"),
+            html_report=artifact(dsl.HTML, tmp_path, "html_report"),
             preset="smoke", resume_bucket="some-bucket", run_id="",
         )  # fmt: skip
 
@@ -212,6 +233,7 @@ def run_ensemble(indexed, trained, out: Path, **kwargs):
         "metrics": artifact(dsl.Metrics, out, "metrics"),
         "confusion_matrix": artifact(dsl.ClassificationMetrics, out, "confusion_matrix"),
         "report": artifact(dsl.Markdown, out, "report"),
+        "html_report": artifact(dsl.HTML, out, "html_report"),
     }
     ensemble_infer.python_func(
         index=indexed,
@@ -253,6 +275,9 @@ def test_ensemble_infer_scores_the_validation_people(ensembled, indexed):
     assert sum(sum(r["row"]) for r in matrix["rows"]) == n_val
     report = Path(ensembled["report"].path).read_text()
     assert f"{metrics['val_macro_f1']:.4f}" in report
+    html = Path(ensembled["html_report"].path).read_text()
+    assert f"Scores on validation people ({n_val} images)" in html
+    assert f"{metrics['val_macro_f1']:.4f}" in html
 
 
 @pytest.mark.slow

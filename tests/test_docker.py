@@ -10,6 +10,7 @@ documented and name the image that components/image.py defaults to.
 from __future__ import annotations
 
 import fnmatch
+import json
 import os
 import re
 import shutil
@@ -24,6 +25,8 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 DOCKER_DIR = ROOT / "docker"
 DOCKERFILES = sorted(DOCKER_DIR.glob("Dockerfile*"))
+# Built by docker/build-image.sh only where the GPU image's base cannot be pulled.
+STANDIN_BASE_DOCKERFILE = DOCKER_DIR / "standin-base" / "Dockerfile"
 WORKFLOWS_DIR = ROOT / ".github" / "workflows"
 IMAGES_WORKFLOW = WORKFLOWS_DIR / "images.yml"
 TEST_WORKFLOW = WORKFLOWS_DIR / "test.yml"
@@ -116,7 +119,8 @@ def test_serving_image_has_no_torch_and_the_same_kfp_pin():
     assert 'find_spec("torch") is None' in runs, "the build must prove no torch slipped in"
 
 
-@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+@pytest.mark.parametrize("dockerfile", DOCKERFILES + [STANDIN_BASE_DOCKERFILE],
+                         ids=lambda p: str(p.relative_to(DOCKER_DIR)))
 def test_hadolint_reports_nothing(dockerfile):
     hadolint = _tool("hadolint")
     if hadolint is None:
@@ -148,6 +152,20 @@ def test_output_is_unbuffered_and_caches_live_in_writable_folders(dockerfile):
     assert env.get("HF_HOME", "").startswith("/opt/maskpipe/"), "HF_HOME must be a folder the image makes group-0 writable"
     run_text = "\n".join(rest for kw, rest in instructions(dockerfile) if kw == "RUN")
     assert "chmod -R g=u" in run_text and "/opt/maskpipe" in run_text
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_albumentations_does_not_look_for_updates_at_import(dockerfile):
+    # pods often have no internet; the check would warn or wait in every step
+    assert env_vars(dockerfile).get("NO_ALBUMENTATIONS_UPDATE") == "1"
+
+
+def test_standin_base_installs_the_pinned_torch_from_build_args():
+    args = build_args(STANDIN_BASE_DOCKERFILE)
+    assert {"TORCH_VERSION", "TORCHVISION_VERSION"} <= args.keys()
+    runs = "\n".join(rest for kw, rest in instructions(STANDIN_BASE_DOCKERFILE) if kw == "RUN")
+    assert '"torch==${TORCH_VERSION}"' in runs and '"torchvision==${TORCHVISION_VERSION}"' in runs
+    assert "torch.version.cuda" in runs, "the stand-in must carry the CUDA build, like the real base"
 
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
@@ -383,13 +401,33 @@ def test_images_trigger_on_main_tags_and_pull_requests():
     assert "pull_request" in on
 
 
+def step_named(workflow: dict, name: str) -> dict:
+    (step,) = [s for s in all_steps(workflow) if s.get("name") == name]
+    return step
+
+
 @pytest.mark.parametrize("event, pushes", [("pull_request", False), ("push", True)])
 def test_images_push_only_outside_pull_requests(event, pushes):
     workflow = load_workflow(IMAGES_WORKFLOW)
     build = step_using(workflow, "docker/build-push-action")
-    assert evaluate(build["with"]["push"], event) is pushes
+    assert evaluate(build["with"]["push"], event) is False, "the build only loads; the Push step pushes after the test"
+    assert evaluate(step_named(workflow, "Push").get("if", True), event) is pushes
     login = step_using(workflow, "docker/login-action")
     assert evaluate(login.get("if", True), event) is pushes, "pull requests must not log in to the registry"
+
+
+def test_images_are_tested_in_containers_before_they_are_pushed():
+    workflow = load_workflow(IMAGES_WORKFLOW)
+    steps = all_steps(workflow)
+    build, test, push = (step_using(workflow, "docker/build-push-action"),
+                         step_named(workflow, "Test the image (pipeline in containers)"), step_named(workflow, "Push"))
+    assert steps.index(build) < steps.index(test) < steps.index(push)
+    assert "if" not in test, "pull requests run the test too"
+    assert build["with"]["load"] is True
+    assert test["env"]["MASKPIPE_TEST_IMAGE"] in build["with"]["tags"].split()
+    assert test["env"]["MASKPIPE_TEST_PREBUILT"] == "1" and test["env"]["MASKPIPE_REQUIRE_CONTAINERS"] == "1"
+    assert "pytest -m container tests/test_containers.py" in test["run"]
+    assert "${{" not in push["run"], "tags reach the shell through env, not template expansion"
 
 
 def test_images_are_tagged_sha_main_and_semver():
@@ -400,6 +438,18 @@ def test_images_are_tagged_sha_main_and_semver():
     enable = re.search(r"enable=(\$\{\{.*\}\})", main).group(1)
     assert evaluate(enable, "push", "refs/heads/main") and not evaluate(enable, "push", "refs/tags/v1.2.3")
     assert "type=semver,pattern=v{{version}}" in tags
+
+
+def test_zizmor_finds_nothing_in_the_images_workflow():
+    zizmor = _tool("zizmor")
+    if zizmor is None:
+        pytest.skip("zizmor not installed (pip install zizmor, part of the test extra)")
+    result = subprocess.run([zizmor, "--offline", "--format", "json", str(IMAGES_WORKFLOW)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.stdout.strip(), f"zizmor gave no report (exit {result.returncode}):\n{result.stderr}"
+    findings = [(f["ident"], f["determinations"]["severity"]) for f in json.loads(result.stdout)]
+    assert findings == [] and result.returncode == 0, (
+        f"zizmor --offline {IMAGES_WORKFLOW.name} (exit {result.returncode}): {findings}\n{result.stderr}")
 
 
 def test_images_use_the_github_actions_build_cache():

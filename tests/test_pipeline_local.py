@@ -25,12 +25,14 @@ from maskpipe.metrics import classification_metrics
 pytestmark = pytest.mark.slow
 
 DECLARED_OUTPUTS = {
-    "index-data": {"index": "dir", "report": "file"},
-    "train-mask": {"model": "dir", "metrics": None, "confusion_matrix": None},
-    "train-gender": {"model": "dir", "metrics": None, "confusion_matrix": None},
-    "train-age": {"model": "dir", "metrics": None, "confusion_matrix": None},
-    "ensemble-infer": {"submission": "file", "report": "file", "metrics": None, "confusion_matrix": None},
-}
+    "index-data": {"index": "dir", "report": "file", "html_report": "file"},
+    "train-mask": {"model": "dir", "metrics": None, "confusion_matrix": None, "html_report": "file"},
+    "train-gender": {"model": "dir", "metrics": None, "confusion_matrix": None, "html_report": "file"},
+    "train-age": {"model": "dir", "metrics": None, "confusion_matrix": None, "html_report": "file"},
+    "ensemble-infer": {
+        "submission": "file", "report": "file", "metrics": None, "confusion_matrix": None, "html_report": "file",
+    },
+}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -136,6 +138,14 @@ def test_console_is_short_and_names_each_step_its_duration_and_the_scores(consol
         assert any(re.match(rf"{step} +done in \d", line) for line in lines), (step, console)
     assert len([line for line in lines if re.match(r"  (mask|gender|age) epoch \d+/\d+: ", line)]) >= 3
     assert f"macro-F1 {run.scores['macro_f1']:.4f}" in console
+    assert console.splitlines()[-1] == f"report:         {run.report}"
+
+
+def test_run_report_links_every_step_report(local_run):
+    page = local_run.report.read_text()
+    for step in ("index-data", "train-mask", "train-gender", "train-age", "ensemble-infer"):
+        assert f'href="reports/{step}.html"' in page, step
+        assert (local_run.report.parent / "reports" / f"{step}.html").is_file(), step
     assert str(run.log_path) in console
     # the executor JSON went to the log, not the terminal
     assert "executor_input" not in console and "executor_input" in run.log_path.read_text()

@@ -166,6 +166,15 @@ def test_each_training_step_trains_its_own_task(compiled):
         assert params["resume_bucket"] == {"componentInputParameter": "resume_bucket"}
 
 
+def test_every_step_has_one_html_report_for_the_ui(compiled):
+    _, spec, _ = compiled
+    for name in ("index-data", *TRAIN_STEPS, "ensemble-infer"):
+        component = spec["components"][tasks_by_display_name(spec)[name]["componentRef"]["name"]]
+        outputs = component["outputDefinitions"]["artifacts"]
+        html = [key for key, value in outputs.items() if value["artifactType"]["schemaTitle"] == "system.HTML"]
+        assert html == ["html_report"], name
+
+
 def test_training_and_inference_request_one_gpu_but_indexing_none(compiled):
     _, spec, _ = compiled
     for name in (*TRAIN_STEPS, "ensemble-infer"):

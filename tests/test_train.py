@@ -214,3 +214,60 @@ def test_local_weights_file_starts_training(synth_index, train_cache, tmp_path):
     result = train_task(config, "mask", synth_index, tmp_path / "out", cache_dir=train_cache)
     assert result.epochs_done == 1
     assert load_checkpoint(tmp_path / "out").model.fc.out_features == 3
+
+
+# ---------------------------------------------------------------------------------------------
+# what training records for its report (tiny data: seconds)
+
+
+@pytest.fixture(scope="module")
+def tiny_trainings(tmp_path_factory):
+    """Two-epoch age models on the 12-person set: one with validation people, one without."""
+    from datafactory import make_dataset
+    from maskpipe.data.index import build_index
+    from tiny import TINY_OVERRIDES
+
+    root = tmp_path_factory.mktemp("tiny-train")
+    data = make_dataset(root / "data", eval_images=0)
+    config = load_config("smoke", [*TINY_OVERRIDES, "train.epochs=2"])
+    runs = {}
+    for name, fraction in (("val", 0.34), ("no-val", 0.0)):
+        build_index(str(data.root), root / f"{name}.parquet", val_fraction=fraction)
+        runs[name] = train_task(config, "age", root / f"{name}.parquet", root / name)
+    return runs
+
+
+def test_history_holds_the_learning_rate_of_every_optimizer_step(tiny_trainings):
+    history = json.loads((tiny_trainings["val"].checkpoint_dir / "history.json").read_text())
+    first, second = history[0]["lr_steps"], history[1]["lr_steps"]
+    assert len(first) == len(second) > 1
+    # a step uses the rate the scheduler left at the end of the step before it
+    assert second[0] == pytest.approx(history[0]["lr"])
+    assert max(first + second) == pytest.approx(load_config("smoke").train.lr, rel=0.05)
+
+
+def test_mistakes_are_the_chosen_epochs_most_confident_wrong_validation_images(tiny_trainings):
+    import numpy as np
+    import pandas as pd
+
+    folder = tiny_trainings["val"].checkpoint_dir
+    mistakes = json.loads((folder / "mistakes.json").read_text())
+    metrics = json.loads((folder / "metrics.json").read_text())
+    matrix = np.array(metrics["confusion_matrix"])
+    assert mistakes["split"] == "val" and mistakes["epoch"] == metrics["epoch"]
+    assert mistakes["images_checked"] == metrics["count"]
+    assert mistakes["wrong"] == matrix.sum() - np.trace(matrix)
+    items = mistakes["mistakes"]
+    assert len(items) == min(mistakes["wrong"], 24)
+    assert all(m["true"] != m["predicted"] for m in items)
+    probabilities = [m["probability"] for m in items]
+    assert probabilities == sorted(probabilities, reverse=True)
+    index = pd.read_parquet(folder.parent / "val.parquet")
+    val_paths = set(index.loc[index["split"] == "val", "path"])
+    assert {m["path"] for m in items} <= val_paths
+
+
+def test_without_validation_people_mistakes_come_from_unaugmented_training_images(tiny_trainings):
+    mistakes = json.loads((tiny_trainings["no-val"].checkpoint_dir / "mistakes.json").read_text())
+    assert mistakes["split"] == "train"
+    assert mistakes["images_checked"] == 12 * 7

@@ -19,7 +19,6 @@ import json
 import logging
 import os
 import shutil
-import sys
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -204,7 +203,7 @@ def _fill(
 
 
 def _decode_into(array: np.memmap, disk: DiskImages, workers: int | None) -> None:
-    from tqdm.auto import tqdm
+    from maskpipe.progress import progress
 
     workers = workers or min(8, os.cpu_count() or 1)
 
@@ -214,19 +213,8 @@ def _decode_into(array: np.memmap, disk: DiskImages, workers: int | None) -> Non
     # Threads suffice: PIL decoding and cv2.resize release the GIL.
     with ThreadPoolExecutor(max_workers=workers) as pool:
         results = pool.map(one, range(len(disk)))
-        for _ in tqdm(results, total=len(disk), desc="decode", unit="img", disable=progress_disabled()):
+        for _ in progress(results, total=len(disk), desc="image cache", unit="img"):
             pass
-
-
-def progress_disabled() -> bool:
-    """Progress bars only on an interactive terminal; MASKPIPE_PROGRESS=0 turns them off
-    (and =1 forces them on, e.g. under ``kubectl logs -f``)."""
-    setting = os.environ.get("MASKPIPE_PROGRESS", "").strip().lower()
-    if setting in {"0", "false", "no", "off"}:
-        return True
-    if setting in {"1", "true", "yes", "on"}:
-        return False
-    return not sys.stderr.isatty()
 
 
 def clear_open_caches() -> None:

@@ -194,12 +194,15 @@ def check_image(path: str | os.PathLike[str]) -> str | None:
 
 def check_images(paths: Sequence[str | os.PathLike[str]], workers: int | None = None) -> list[str | None]:
     """``check_image`` over many files, in a process pool; results in input order."""
+    from maskpipe.progress import progress
+
     workers = default_workers() if workers is None else max(1, int(workers))
     if workers == 1 or len(paths) < _MIN_PARALLEL:
-        return [check_image(p) for p in paths]
+        return list(progress((check_image(p) for p in paths), total=len(paths), desc="decode-check", unit="img"))
     chunksize = max(1, len(paths) // (workers * 8))
     with ProcessPoolExecutor(max_workers=workers) as pool:
-        return list(pool.map(check_image, [os.fspath(p) for p in paths], chunksize=chunksize))
+        results = pool.map(check_image, [os.fspath(p) for p in paths], chunksize=chunksize)
+        return list(progress(results, total=len(paths), desc="decode-check", unit="img"))
 
 
 def default_workers() -> int:

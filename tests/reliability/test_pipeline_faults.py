@@ -101,7 +101,7 @@ _TRAIN_SCRIPT = textwrap.dedent(
     outputs = {
         name: cls(name=name, uri=str(out / name), metadata={})
         for name, cls in (("model", dsl.Model), ("metrics", dsl.Metrics),
-                          ("confusion_matrix", dsl.ClassificationMetrics))
+                          ("confusion_matrix", dsl.ClassificationMetrics), ("html_report", dsl.HTML))
     }
     train_model.python_func(index=index, **outputs, **args)
     """
@@ -143,7 +143,8 @@ def test_killed_training_step_resumes_from_the_mirrored_epoch(tiny_data, tmp_pat
     index = dsl.Dataset(name="index", uri=str(tmp_path / "index"), metadata={})
     index_data.python_func(
         data_root=str(tiny_data), index=index,
-        report=dsl.Markdown(name="report", uri=str(tmp_path / "report"), metadata={}), val_fraction=0.34,
+        report=dsl.Markdown(name="report", uri=str(tmp_path / "report"), metadata={}),
+        html_report=dsl.HTML(name="html_report", uri=str(tmp_path / "html_report"), metadata={}), val_fraction=0.34,
     )  # fmt: skip
     bucket = s3_bucket.removeprefix("s3://")
     run_id, epochs = "run-4f2a", 6
@@ -174,6 +175,7 @@ def test_killed_training_step_resumes_from_the_mirrored_epoch(tiny_data, tmp_pat
         index=index, model=model,
         metrics=dsl.Metrics(name="metrics", uri=str(out / "metrics"), metadata={}),
         confusion_matrix=dsl.ClassificationMetrics(name="cm", uri=str(out / "cm"), metadata={}),
+        html_report=dsl.HTML(name="html_report", uri=str(out / "html_report"), metadata={}),
         **args,
     )  # fmt: skip
     resumed_after = model.metadata["resumed_after_epoch"]

@@ -1,0 +1,367 @@
+"""The project image, built from a clean tree, and the whole pipeline run inside it.
+
+Builds ``docker/Dockerfile.gpu`` with docker/build-image.sh (what ``make image`` runs) from a
+copy of the repository's tracked and unignored files, then checks the image (``maskpipe
+--version``, every runtime dependency and every maskpipe module imports, the CUDA torch, a
+non-root user in group 0, no credential or CA file baked in), that a compiled pipeline names
+the built image, and runs the pipeline with ``run-local --runner docker`` on a tiny synthetic
+set served by the loopback S3 server: its submission must equal the subprocess runner's with
+the same seed. Fault cases: a step failing inside its container, a container that dies at
+once, an image that was never built, a build failing on a dependency.
+
+Needs a container engine. When none answers and this runs as root on a machine with
+apt-get, docker/engine/setup-podman.sh sets podman up first; otherwise the tests skip, unless
+``MASKPIPE_REQUIRE_CONTAINERS=1`` (set by .ci/run), which makes that a failure.
+Deselect with ``-m "not container"``. ``MASKPIPE_TEST_IMAGE`` names the tag to build
+(default ``maskpipe:test``, so a developer's ``maskpipe:dev`` is left alone). With
+``MASKPIPE_TEST_PREBUILT=1`` that image is tested as it is, not built (the image workflow
+builds it itself and passes its commit as ``MASKPIPE_TEST_REVISION``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from datafactory import make_dataset
+from pipeline_cli import containers
+from pipeline_cli.local_run import LocalRun, PipelineRunError, run_local
+from tiny import TINY_OVERRIDES, tiny_pipeline_arguments
+
+# The first test builds the image: on a fresh machine with the stand-in base ~8 min, more
+# than the suite's 900 s per test when the machine is busy.
+pytestmark = [pytest.mark.container, pytest.mark.timeout(2400)]
+
+REPO = Path(__file__).resolve().parent.parent
+TEST_IMAGE = os.environ.get("MASKPIPE_TEST_IMAGE", "maskpipe:test")
+SETUP_SCRIPT = REPO / "docker" / "engine" / "setup-podman.sh"
+PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
+
+
+@dataclass
+class Engine:
+    docker_host: str
+    client: object  # docker.DockerClient
+
+
+@dataclass
+class BuiltImage:
+    tag: str
+    revision: str
+    output: str
+    seconds: float
+
+
+def _unavailable(reason: str):
+    if os.environ.get("MASKPIPE_REQUIRE_CONTAINERS") == "1":
+        pytest.fail(f"MASKPIPE_REQUIRE_CONTAINERS=1 but {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def engine() -> Engine:
+    """A Docker API that answers: the one configured here, or podman set up by the script."""
+    try:
+        docker_host = containers.find_docker_host()
+        client = containers.connect(docker_host)
+    except containers.ContainerEngineError as first:
+        if os.geteuid() != 0 or shutil.which("apt-get") is None:
+            _unavailable(f"no container engine answers and none can be set up here "
+                         f"(needs root and apt-get): {first}")
+        setup = subprocess.run(["bash", str(SETUP_SCRIPT)], capture_output=True, text=True, timeout=900)
+        if setup.returncode != 0:
+            _unavailable(f"{SETUP_SCRIPT.name} failed: {setup.stderr.strip()[-500:]}")
+        try:
+            docker_host = containers.find_docker_host({"DOCKER_HOST": f"unix://{containers.PODMAN_SOCKET}"})
+            client = containers.connect(docker_host)
+        except containers.ContainerEngineError as second:
+            _unavailable(str(second))
+    yield Engine(docker_host, client)
+    client.close()
+
+
+def _clean_tree(destination: Path) -> Path:
+    """The repository's tracked and unignored files (no venv, build outputs or data)."""
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                            cwd=REPO, capture_output=True, check=True).stdout.decode().split("\0")
+    for name in filter(None, listed):
+        source = REPO / name
+        if source.is_file():
+            (destination / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, destination / name)
+    return destination
+
+
+def _expected_revision() -> str:
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                          check=True).stdout.strip()
+    return f"{head}-test"
+
+
+def _build(tree: Path, tag: str, engine: Engine, revision: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, REVISION=revision, DOCKER_HOST=engine.docker_host)
+    return subprocess.run(["bash", "docker/build-image.sh", "--tag", tag], cwd=tree, env=env,
+                          capture_output=True, text=True, timeout=3600)
+
+
+@pytest.fixture(scope="session")
+def built_image(engine, tmp_path_factory) -> BuiltImage:
+    if os.environ.get("MASKPIPE_TEST_PREBUILT") == "1":
+        containers.check_image(engine.client, TEST_IMAGE, engine.docker_host)
+        size = engine.client.images.get(TEST_IMAGE).attrs["Size"] / 1e9
+        return BuiltImage(TEST_IMAGE, os.environ["MASKPIPE_TEST_REVISION"],
+                          f"built {TEST_IMAGE} with prebuilt in 0 s: {size:.2f} GB", 0.0)
+    tree = _clean_tree(tmp_path_factory.mktemp("clean-tree"))
+    revision = _expected_revision()
+    started = time.monotonic()
+    result = _build(tree, TEST_IMAGE, engine, revision)
+    seconds = time.monotonic() - started
+    assert result.returncode == 0, f"the image build failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return BuiltImage(TEST_IMAGE, revision, result.stdout + result.stderr, seconds)
+
+
+def run_in_image(engine: Engine, image: str, command: list[str], **kwargs) -> str:
+    """Run ``command`` in a throw-away container of ``image``; its output (exit 0 asserted)."""
+    container = engine.client.containers.run(image, command, detach=True, network_mode="host", **kwargs)
+    try:
+        code = container.wait()["StatusCode"]
+        output = container.logs().decode("utf-8", errors="replace")
+    finally:
+        container.remove(force=True)
+    assert code == 0, f"{command} exited {code} in {image}:\n{output}"
+    return output
+
+
+# ---------------------------------------------------------------- the image
+
+
+def test_the_image_builds_from_a_clean_tree_and_is_labelled_with_its_commit(engine, built_image):
+    labels = engine.client.images.get(built_image.tag).labels
+    assert labels["org.opencontainers.image.revision"] == built_image.revision
+    assert labels["org.opencontainers.image.version"] == PYPROJECT["project"]["version"]
+    assert re.search(rf"built {re.escape(built_image.tag)} with \w+ in \d+ s: [\d.]+ GB", built_image.output)
+    print(f"\nimage build: {built_image.seconds:.0f} s; {built_image.output.strip().splitlines()[-1]}")
+
+
+def test_maskpipe_version_runs_in_the_image(engine, built_image):
+    output = run_in_image(engine, built_image.tag, ["maskpipe", "--version"])
+    assert output.strip() == f"maskpipe {PYPROJECT['project']['version']}"
+
+
+_IMPORT_EVERYTHING = """
+import importlib, importlib.metadata as md, pkgutil, re, sys, torch
+import maskpipe
+names = md.packages_distributions()
+modules = {}
+for requirement in sys.argv[2:]:
+    dist = re.split(r"[<>=!~;\\[ ]", requirement, maxsplit=1)[0]
+    md.version(dist)  # installed at all
+    tops = sorted(m for m, dists in names.items() if dist.lower().replace("_", "-") in
+                  {d.lower().replace("_", "-") for d in dists} and not m.startswith("_"))
+    assert tops, f"{dist}: no importable module"
+    for module in tops:
+        importlib.import_module(module)
+    modules[dist] = tops
+for info in pkgutil.walk_packages(maskpipe.__path__, "maskpipe."):
+    if not info.name.endswith(".__main__"):  # importing it runs the command line
+        importlib.import_module(info.name)
+import kfp.kubernetes
+expect_cuda = {"maskpipe": True, "maskpipe-cpu": False}[sys.argv[1]]
+assert bool(torch.version.cuda) is expect_cuda, f"torch {torch.__version__}: not the build {sys.argv[1]} carries"
+print("imported", len(modules), "dependencies and every maskpipe module; torch", torch.__version__)
+"""
+
+
+def test_every_runtime_dependency_and_maskpipe_module_imports_in_the_image(engine, built_image):
+    dependencies = PYPROJECT["project"]["dependencies"]
+    title = engine.client.images.get(built_image.tag).labels["org.opencontainers.image.title"]
+    output = run_in_image(engine, built_image.tag, ["python", "-c", _IMPORT_EVERYTHING, title, *dependencies])
+    assert f"imported {len(dependencies)} dependencies" in output
+
+
+def test_the_image_runs_as_uid_1001_in_group_0(engine, built_image):
+    assert engine.client.images.get(built_image.tag).attrs["Config"]["User"] == "1001:0"
+    assert run_in_image(engine, built_image.tag, ["id", "-u"]).strip() == "1001"
+    assert run_in_image(engine, built_image.tag, ["id", "-g"]).strip() == "0"
+
+
+_FIND_BAKED_SECRETS = """
+import os, pathlib, sys
+extra = [p.read_text() for p in pathlib.Path("/host-extra-cas").glob("*.crt")]
+bodies = ["".join(l for l in text.splitlines() if l and not l.startswith("-----"))[:200] for text in extra]
+found = []
+for root, dirs, files in os.walk("/"):
+    dirs[:] = [d for d in dirs if os.path.join(root, d) not in ("/proc", "/sys", "/dev", "/host-extra-cas")]
+    for name in files:
+        path = os.path.join(root, name)
+        if name in (".netrc", ".git-credentials", ".pypirc", "minio.env", "credentials") or path.endswith(
+                (".docker/config.json", ".aws/config", ".config/pip/pip.conf")):
+            found.append("credential file " + path)
+        if name.endswith((".crt", ".pem", ".cer")) and bodies and os.path.isfile(path):
+            text = "".join(open(path, errors="replace").read().split())
+            found += [f"host CA {i} in {path}" for i, body in enumerate(bodies) if body in text]
+print("\\n".join(found) or "clean", len(bodies))
+"""
+
+
+def test_no_credential_or_host_ca_was_baked_into_the_image(engine, built_image):
+    import docker
+
+    image = engine.client.images.get(built_image.tag)
+    env_names = [entry.split("=", 1)[0] for entry in image.attrs["Config"]["Env"]]
+    assert not [n for n in env_names if re.search(r"SECRET|PASSWORD|TOKEN|ACCESS_KEY|MINIO_|AWS_", n)], env_names
+    history = json.dumps(image.history())
+    assert "BEGIN CERTIFICATE" not in history and "ca-certificates.crt" not in history
+    assert not re.search(r"(SECRET|PASSWORD|TOKEN)[A-Z_]*=\S", history)
+    # The CAs this machine added (e.g. a TLS proxy's) are mounted to compare, never copied.
+    extra_cas = Path("/usr/local/share/ca-certificates")
+    mounts = [docker.types.Mount("/host-extra-cas", str(extra_cas), type="bind", read_only=True)] \
+        if extra_cas.is_dir() else []
+    output = run_in_image(engine, built_image.tag, ["python", "-c", _FIND_BAKED_SECRETS], mounts=mounts, user="0")
+    verdict, checked = output.strip().rsplit(None, 1) if output.strip() != "clean" else ("clean", "0")
+    assert verdict == "clean", output
+    print(f"\nchecked the image for {checked} host-added CA certificate(s)")
+
+
+def test_a_compiled_pipeline_names_the_built_image(built_image, tmp_path):
+    package = tmp_path / "pipeline.yaml"
+    subprocess.run([sys.executable, "pipeline.py", "compile", "--image", built_image.tag, "-o", str(package)],
+                   cwd=REPO, check=True, capture_output=True, timeout=120)
+    spec = next(yaml.safe_load_all(package.read_text()))
+    images = {name: ex["container"]["image"] for name, ex in spec["deploymentSpec"]["executors"].items()}
+    assert len(images) == len(spec["root"]["dag"]["tasks"]) == 5, images
+    assert set(images.values()) == {built_image.tag}, images
+
+
+# ---------------------------------------------------------------- the pipeline in containers
+
+
+@pytest.fixture(scope="module")
+def s3_data(s3_server, tmp_path_factory):
+    """A tiny synthetic set in a fresh bucket of the loopback S3 server; MINIO_* point at it."""
+    from maskpipe import storage
+
+    local = make_dataset(tmp_path_factory.mktemp("s3-data") / "data", eval_images=12).root
+    bucket = f"maskpipe-containers-{os.getpid()}"
+    with pytest.MonkeyPatch.context() as patch:
+        for name in [n for n in os.environ if n.startswith(("MINIO_", "AWS_", "MASKPIPE_S3_"))]:
+            patch.delenv(name)
+        for name, value in s3_server.env().items():
+            patch.setenv(name, value)
+        patch.setenv("MASKPIPE_CACHE_DIR", str(tmp_path_factory.mktemp("s3-cache")))
+        storage._clients.clear()
+        storage._verified_buckets.clear()
+        storage.upload_dir(local, f"s3://{bucket}/data")
+        yield f"s3://{bucket}/data", local
+
+
+@pytest.fixture(scope="module")
+def both_runs(s3_data, built_image, tmp_path_factory) -> dict[str, LocalRun]:
+    """The same run (data on S3, same seed) through the subprocess runner and in containers."""
+    data_uri, _ = s3_data
+    out = tmp_path_factory.mktemp("both-runs")
+    arguments = tiny_pipeline_arguments(data_uri)
+    runs = {"subprocess": run_local(arguments, out / "subprocess")}
+    started = time.monotonic()
+    runs["containers"] = run_local(arguments, out / "containers", image=built_image.tag)
+    print(f"\npipeline in containers: {time.monotonic() - started:.0f} s")
+    return runs
+
+
+def test_the_pipeline_in_containers_gives_the_subprocess_runners_submission(both_runs):
+    in_containers = pd.read_csv(both_runs["containers"].submission)
+    here = pd.read_csv(both_runs["subprocess"].submission)
+    assert len(in_containers) == 12
+    assert in_containers["ImageID"].tolist() == here["ImageID"].tolist()
+    differing = in_containers.loc[in_containers["ans"] != here["ans"], "ImageID"].tolist()
+    assert not differing, f"classes differ for {differing}"
+
+
+def test_every_step_ran_in_a_container_as_the_image_user(both_runs):
+    run = both_runs["containers"]
+    steps = sorted(p for p in run.run_dir.iterdir() if p.is_dir())
+    assert len(steps) == 5
+    logs = run.output_dir / "container-logs" / run.run_dir.name
+    assert sorted(p.stem for p in logs.iterdir()) == [p.name for p in steps]
+    for step in steps:
+        assert (step / "executor_output.json").stat().st_uid == containers.IMAGE_UID, step
+    assert (run.run_dir.parent.stat().st_mode & 0o2775) == 0o2775, "the pipeline root is group-writable"
+
+
+def test_a_step_failing_in_its_container_reports_step_exit_code_and_log_tail(built_image, tmp_path):
+    data = make_dataset(tmp_path / "data", eval_images=2).root
+    bad = tiny_pipeline_arguments(data, overrides=[*TINY_OVERRIDES, "train.epochs=three"])
+    with pytest.raises(PipelineRunError) as failure:
+        run_local(bad, tmp_path / "out", image=built_image.tag)
+    message = str(failure.value)
+    first = message.splitlines()[0]
+    assert re.fullmatch(r"step train-(mask|gender|age) \(task train-model(-\d)?\) failed in image "
+                        rf"\S*{re.escape(built_image.tag)}: exit code 1", first), message
+    assert "last lines of its log:" in message and "train.epochs" in message and "three" in message
+    log_path = Path(re.search(r"its full log: (\S+)", message).group(1))
+    assert "ConfigError" in log_path.read_text()
+    (index_parquet,) = (tmp_path / "out" / "runs").glob("*/index-data/index/index.parquet")
+    assert index_parquet.stat().st_size > 0, "the steps that ran keep their outputs"
+    assert not (tmp_path / "out" / "submission.csv").exists()
+
+
+def test_a_container_that_dies_at_once_reports_its_exit_code_and_log(engine, built_image):
+    result = containers._run_step_container(
+        engine.client, built_image.tag, ["sh", "-c", "echo dying now; exit 3"], volumes={})
+    assert (result.exit_code, result.log_tail) == (3, "dying now")
+    assert not engine.client.containers.list(all=True, filters={"ancestor": built_image.tag}), \
+        "the step's container is removed once its exit code and log are read"
+
+
+def test_a_step_silent_for_over_a_minute_is_waited_for(engine, built_image):
+    # kfp's own docker client gives up reading a log stream after 60 s without a line
+    from kfp.local import docker_task_handler
+
+    run = containers.ContainerRun(image=built_image.tag, docker_host=engine.docker_host)
+    with containers.steps_in_containers(run):
+        code = docker_task_handler.run_docker_container(
+            client=engine.client, image=built_image.tag, volumes={},
+            command=["sh", "-c", "sleep 65; echo still here; exit 5"])
+    assert code == 5 and run.steps[-1].log_tail == "still here"
+
+
+def test_run_local_with_an_image_that_was_never_built_names_the_build_command(engine, tmp_path):
+    (tmp_path / "data").mkdir()
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "pipeline.py", "run-local", "--runner", "docker", "--image", "maskpipe:never-built",
+         "--data", str(tmp_path / "data"), "--output-dir", str(tmp_path / "out")],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+        env=dict(os.environ, DOCKER_HOST=engine.docker_host, PYTHONPATH=str(REPO)))
+    assert time.monotonic() - started < 30
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert "image maskpipe:never-built is not in the container engine" in line
+    assert line.endswith("Fix: make image IMAGE_TAG=maskpipe:never-built")
+
+
+def test_a_build_failing_on_a_dependency_ends_in_one_line_naming_it(engine, built_image, tmp_path):
+    if os.environ.get("MASKPIPE_TEST_PREBUILT") == "1":
+        pytest.skip("a prebuilt image is under test; docker/build-image.sh is not")
+    tree = _clean_tree(tmp_path / "tree")
+    pyproject = tree / "pyproject.toml"
+    text = pyproject.read_text()
+    pyproject.write_text(text.replace("dependencies = [\n", 'dependencies = [\n    "maskpipe-no-such-package==1.0",\n', 1))
+    result = _build(tree, "maskpipe:broken-dependency-test", engine, "test")
+    assert result.returncode != 0
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("build-image.sh: building maskpipe:broken-dependency-test from docker/Dockerfile.gpu failed")
+    assert "maskpipe-no-such-package==1.0" in last and "Fix: correct its pin in pyproject.toml" in last
+    assert "Traceback" not in result.stderr.splitlines()[-1]
