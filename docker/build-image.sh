@@ -93,10 +93,16 @@ run_build() {
 default_base="$(sed -n 's/^ARG BASE_IMAGE=//p' "$DOCKERFILE" | head -1)"
 base="${BASE_IMAGE:-$default_base}"
 [ -n "$base" ] || fail "$DOCKERFILE declares no ARG BASE_IMAGE default. Fix: set BASE_IMAGE=<image>"
+if [ "$(basename "$DOCKERFILE")" = Dockerfile.serve ] && [ -z "${BASE_IMAGE:-}" ] && image_exists "$DEBIAN_IMAGE" \
+        && ! image_exists "$base" && ! timeout 300 "$engine" pull -q "$base" >/dev/null 2>&1; then
+    # The serving image needs only a Python 3.11: Debian bookworm's (the GPU stand-in's first layer).
+    say "$base cannot be pulled here, so the serving image builds on $DEBIAN_IMAGE (Debian bookworm's python3)"
+    base="$DEBIAN_IMAGE"
+fi
 if ! image_exists "$base" && ! timeout 300 "$engine" pull -q "$base" >/dev/null 2>&1; then
     [ -z "${BASE_IMAGE:-}" ] || fail "base image $base is neither local nor pullable. Fix: $engine pull $base, or unset BASE_IMAGE"
     [ "$(basename "$DOCKERFILE")" = Dockerfile.gpu ] \
-        || fail "base image $base cannot be pulled and only docker/Dockerfile.gpu has a stand-in base. Fix: $engine pull $base where a registry is reachable, or BASE_IMAGE=<local image>"
+        || fail "base image $base cannot be pulled and only docker/Dockerfile.gpu has a stand-in base (docker/Dockerfile.serve uses $DEBIAN_IMAGE when it exists). Fix: $engine pull $base where a registry is reachable, or BASE_IMAGE=<local image>"
     pin() { python3 -c 'import sys, tomllib; deps = tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]; print(next(d.split("==", 1)[1].strip() for d in deps if d.replace(" ", "").startswith(sys.argv[1] + "==")))' "$1"; }
     torch_pin="$(pin torch)"; torchvision_pin="$(pin torchvision)"
     standin="localhost/maskpipe-standin-base:torch${torch_pin}-vision${torchvision_pin}-bookworm"

@@ -19,8 +19,9 @@ _EXECUTING = re.compile(r"Executing task '([\w-]+)'")
 _FINISHED = re.compile(r"Task '([\w-]+)' finished with status (\w+)")
 # "[KFP Executor 2026-11-30 12:12:26,118 INFO]: " before each line a component logs
 _EXECUTOR_PREFIX = re.compile(r"^\s*\[KFP Executor [^\]]*\]:\s?")
-# maskpipe.train's per-epoch line and its closing summary line
-_TRAINING_LINE = re.compile(r"^(?:mask|gender|age)(?: epoch \d+/\d+: |: epochs \d+/\d+; )")
+# maskpipe.train's per-epoch result line and its closing summary line (not the progress lines
+# "mask epoch 1/6: 14/35 batch (40%) ..." it prints within an epoch)
+_TRAINING_LINE = re.compile(r"^(?:mask|gender|age)(?: epoch \d+/\d+: train loss |: epochs \d+/\d+; )")
 TAIL_LINES = 15
 
 

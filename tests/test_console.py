@@ -21,6 +21,8 @@ KFP_OUTPUT = f"""\
     indexed /data (competition layout): 12 people
 12:00:01.000 - INFO - Task {CYAN}'index-data'{RESET} finished with status {GREEN}SUCCESS{RESET}
 12:00:01.001 - INFO - Executing task {CYAN}'train-model-2'{RESET}
+    [KFP Executor 2026-11-30 12:00:01,900 INFO]: gender epoch 1/2: 14/35 batch (40%), 2.7 batch/s, about 8 s left
+    [KFP Executor 2026-11-30 12:00:02,000 INFO]: gender epoch 1/2: done, 35 batch in 13 s
     [KFP Executor 2026-11-30 12:00:02,100 INFO]: gender epoch 1/2: train loss 0.5 acc 0.7 f1 0.7 | 5.0 s *
     [KFP Executor 2026-11-30 12:00:03,100 INFO]: gender epoch 2/2: train loss 0.3 acc 0.9 f1 0.9 | 5.0 s *
     Traceback (most recent call last):

@@ -110,9 +110,10 @@ def _expected_revision() -> str:
     return f"{head}-test"
 
 
-def _build(tree: Path, tag: str, engine: Engine, revision: str) -> subprocess.CompletedProcess:
+def _build(tree: Path, tag: str, engine: Engine, revision: str, dockerfile: str | None = None) -> subprocess.CompletedProcess:
     env = dict(os.environ, REVISION=revision, DOCKER_HOST=engine.docker_host)
-    return subprocess.run(["bash", "docker/build-image.sh", "--tag", tag], cwd=tree, env=env,
+    which = ["--dockerfile", dockerfile] if dockerfile else []
+    return subprocess.run(["bash", "docker/build-image.sh", "--tag", tag, *which], cwd=tree, env=env,
                           capture_output=True, text=True, timeout=3600)
 
 

@@ -32,6 +32,7 @@ DECLARED_OUTPUTS = {
     "ensemble-infer": {
         "submission": "file", "report": "file", "metrics": None, "confusion_matrix": None, "html_report": "file",
     },
+    "export-model": {"model": "dir"},  # inside the `export` condition (export defaults to true)
 }  # fmt: skip
 
 
@@ -97,12 +98,24 @@ def test_submission_scores_well_above_chance(local_run):
     )
 
 
-def test_every_declared_artifact_exists(local_run):
-    display = {
+def step_display_names(spec) -> dict[str, str]:
+    """Task key -> display name of every step, inside conditions too (not the conditions)."""
+    dags = [spec.root.dag] + [c.dag for c in spec.components.values() if c.HasField("dag")]
+    return {
         key: task.task_info.name
-        for key, task in pipeline.make_pipeline(pipeline.LOCAL_OPTIONS).pipeline_spec.root.dag.tasks.items()
+        for dag in dags
+        for key, task in dag.tasks.items()
+        if not spec.components[task.component_ref.name].HasField("dag")
     }
+
+
+def test_every_declared_artifact_exists(local_run):
+    display = step_display_names(pipeline.make_pipeline(pipeline.LOCAL_OPTIONS).pipeline_spec)
+    assert set(display.values()) == set(DECLARED_OUTPUTS) | {"deploy"}
     for key, name in display.items():
+        if name == "deploy":  # deploy=false by default: the step does not run
+            assert not (local_run.run_dir / key).exists()
+            continue
         step_dir = local_run.run_dir / key
         executor_output = json.loads((step_dir / "executor_output.json").read_text())
         declared = DECLARED_OUTPUTS[name]
@@ -116,6 +129,18 @@ def test_every_declared_artifact_exists(local_run):
                 assert path.is_file() and path.stat().st_size > 0, (name, output)
             else:  # metrics live only in executor_output.json under kfp.local
                 assert artifact["metadata"], (name, output)
+
+
+def test_the_run_exports_a_verified_model_that_answers_as_the_submission(local_run):
+    from maskpipe.ensemble import predict_submission
+    from maskpipe.model_card import read_model_dir
+
+    card = read_model_dir(local_run.model_dir)  # every file's sha256 checked
+    assert str(local_run.model_dir) in local_run.summary()
+    assert card.tta is False  # the run's tta parameter
+    data_root = Path(json.loads((local_run.output_dir / "scores.json").read_text())["truth"]).parent
+    exported = predict_submission(local_run.model_dir, data_root, local_run.output_dir / "onnx.csv", backend="onnx")
+    assert exported.submission["ans"].tolist() == pd.read_csv(local_run.submission)["ans"].tolist()
 
 
 def test_checkpoints_and_reports_are_where_the_summary_says(local_run):
@@ -139,6 +164,9 @@ def test_console_is_short_and_names_each_step_its_duration_and_the_scores(consol
     assert len([line for line in lines if re.match(r"  (mask|gender|age) epoch \d+/\d+: ", line)]) >= 3
     assert f"macro-F1 {run.scores['macro_f1']:.4f}" in console
     assert console.splitlines()[-1] == f"report:         {run.report}"
+    assert str(run.log_path) in console
+    # the executor JSON went to the log, not the terminal
+    assert "executor_input" not in console and "executor_input" in run.log_path.read_text()
 
 
 def test_run_report_links_every_step_report(local_run):
@@ -146,9 +174,6 @@ def test_run_report_links_every_step_report(local_run):
     for step in ("index-data", "train-mask", "train-gender", "train-age", "ensemble-infer"):
         assert f'href="reports/{step}.html"' in page, step
         assert (local_run.report.parent / "reports" / f"{step}.html").is_file(), step
-    assert str(run.log_path) in console
-    # the executor JSON went to the log, not the terminal
-    assert "executor_input" not in console and "executor_input" in run.log_path.read_text()
 
 
 def test_validation_metrics_of_the_ensemble_are_reported(local_run):

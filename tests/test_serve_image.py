@@ -1,0 +1,103 @@
+"""The serving image (docker/Dockerfile.serve): built, started on an exported model, asked.
+
+Builds the image with docker/build-image.sh from the repository's tracked files (where no
+registry is reachable, on Debian bookworm's Python, the GPU stand-in's first layer), or takes
+the prebuilt ``MASKPIPE_TEST_SERVE_IMAGE`` (the image workflow builds it itself). Then starts a
+container as the image starts in an InferenceService (``maskpipe serve /mnt/models``, the model
+folder mounted read-only there, running as its non-root user) and checks that its v1 answers
+give the classes of ``maskpipe infer`` on the same photos, that a damaged model folder stops it
+with the file's name, and that the image carries no torch.
+
+Needs a container engine, as tests/test_containers.py does (``-m container``; a failure instead
+of a skip with ``MASKPIPE_REQUIRE_CONTAINERS=1``).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+from test_containers import _build, _clean_tree, _expected_revision, engine, run_in_image  # noqa: F401
+from test_serve import expected, photos  # noqa: F401  (fixtures: maskpipe infer's answers, the photos)
+
+from maskpipe.serve_client import free_port, request, v1_body
+from pipeline_cli import containers
+
+pytestmark = [pytest.mark.container, pytest.mark.timeout(2400)]
+
+SERVE_IMAGE = os.environ.get("MASKPIPE_TEST_SERVE_IMAGE", "maskpipe:test-serve")
+
+
+@pytest.fixture(scope="session")
+def serve_image(engine, tmp_path_factory) -> str:  # noqa: F811
+    if os.environ.get("MASKPIPE_TEST_SERVE_IMAGE"):
+        containers.check_image(engine.client, SERVE_IMAGE, engine.docker_host)
+        return SERVE_IMAGE
+    tree = _clean_tree(tmp_path_factory.mktemp("clean-tree-serve"))
+    result = _build(tree, SERVE_IMAGE, engine, _expected_revision(), dockerfile="docker/Dockerfile.serve")
+    assert result.returncode == 0, f"the serving image build failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return SERVE_IMAGE
+
+
+def _readable_copy(model_dir: Path, destination: Path) -> Path:
+    """The model folder, readable by the image's user (uid 1001) through a bind mount."""
+    shutil.copytree(model_dir, destination)
+    for path in [destination, *destination.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    return destination
+
+
+def _start(engine, image: str, model: Path, port: int):  # noqa: F811
+    return engine.client.containers.run(
+        image, ["/mnt/models", "--host", "127.0.0.1", "--port", str(port), "--max-batch", "8"],
+        volumes={str(model): {"bind": "/mnt/models", "mode": "ro"}}, network_mode="host", detach=True,
+    )  # fmt: skip
+
+
+def test_the_served_image_answers_as_maskpipe_infer_does(engine, serve_image, exported_model, photos, expected, tmp_path):  # noqa: F811
+    model = _readable_copy(exported_model, tmp_path / "model")
+    port = free_port()
+    container = _start(engine, serve_image, model, port)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            container.reload()
+            assert container.status != "exited", container.logs().decode(errors="replace")[-3000:]
+            try:
+                if request(f"http://127.0.0.1:{port}/v2/health/ready", timeout=2).status == 200:
+                    break
+            except OSError:
+                pass
+            time.sleep(0.5)
+        else:
+            pytest.fail(f"the serving container was not ready in 120 s:\n{container.logs().decode(errors='replace')[-3000:]}")
+        ids = expected["ImageID"].tolist()[:8]
+        reply = request(f"http://127.0.0.1:{port}/v1/models/maskpipe:predict", v1_body([photos[i] for i in ids]))
+        assert reply.status == 200, reply.body
+        assert [p["class"] for p in reply.body["predictions"]] == expected["ans"].tolist()[:8]
+    finally:
+        container.remove(force=True)
+
+
+def test_the_serving_container_refuses_an_altered_model_naming_the_file(engine, serve_image, exported_model, tmp_path):  # noqa: F811
+    model = _readable_copy(exported_model, tmp_path / "model")
+    (model / "checkpoints" / "mask" / "config.yaml").write_text("altered: true\n")
+    container = _start(engine, serve_image, model, free_port())
+    try:
+        code = container.wait(timeout=120)["StatusCode"]
+        logs = container.logs().decode(errors="replace")
+    finally:
+        container.remove(force=True)
+    assert code == 2, logs
+    assert "/mnt/models/checkpoints/mask/config.yaml was altered" in logs
+
+
+def test_the_serving_image_has_no_torch_and_runs_as_uid_1001(engine, serve_image):  # noqa: F811
+    output = run_in_image(
+        engine, serve_image, ["-c", "import importlib.util as u, os; print(u.find_spec('torch'), os.getuid(), os.getgid())"],
+        entrypoint=["python"],
+    )  # fmt: skip
+    assert output.split() == ["None", "1001", "0"]
