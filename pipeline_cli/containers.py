@@ -38,8 +38,13 @@ DOCKER_SOCKET = "/var/run/docker.sock"
 SETUP_COMMAND = "sudo docker/engine/setup-podman.sh"
 # The image's user (docker/Dockerfile.gpu): what must be able to read the data.
 IMAGE_UID, IMAGE_GID = 1001, 0
-# Settings the steps read from the environment: MinIO endpoint and keys, S3 retry knobs.
+# Settings the steps read from the environment (maskpipe.storage): MinIO endpoint and keys,
+# their AWS_* equivalents, S3 retry knobs.
 PASSED_ENV_PREFIXES = ("MINIO_", "MASKPIPE_S3_")
+PASSED_ENV_NAMES = (
+    "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION",
+)  # fmt: skip
 LOG_TAIL_LINES = 30
 
 
@@ -254,8 +259,17 @@ def prepare(image: str, data_root: str, environ: Optional[Dict[str, str]] = None
         check_containers_start(client, image, docker_host)
     finally:
         client.close()
-    environment = {k: v for k, v in environ.items() if k.startswith(PASSED_ENV_PREFIXES)}
-    return ContainerRun(image=image, docker_host=docker_host, mounts=mounts, environment=environment)
+    return ContainerRun(
+        image=image, docker_host=docker_host, mounts=mounts, environment=passed_environment(environ)
+    )
+
+
+def passed_environment(environ: Dict[str, str]) -> Dict[str, str]:
+    """The settings of this shell the steps get: MinIO's (or their AWS_* equivalents) and the
+    S3 retry knobs, nothing else (no HOME, no KFP tokens, no other cloud settings)."""
+    return {
+        k: v for k, v in environ.items() if k.startswith(PASSED_ENV_PREFIXES) or k in PASSED_ENV_NAMES
+    }
 
 
 # ---------------------------------------------------------------------------------------------

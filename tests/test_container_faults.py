@@ -120,16 +120,20 @@ def test_readable_data_passes_the_check(tmp_path):
     assert containers.unreadable_for_image_user(data) == expected
 
 
-def test_only_minio_and_s3_settings_are_handed_to_the_containers(tmp_path):
+def test_only_the_s3_settings_storage_reads_are_handed_to_the_containers(tmp_path):
+    shell = {
+        "MINIO_ENDPOINT": "127.0.0.1:9000", "MINIO_SECRET_KEY": "maskpipe-test-secret",
+        "MASKPIPE_S3_RETRIES": "2", "HOME": "/root", "KF_PIPELINES_TOKEN": "fake-token",
+        "AWS_SECRET_ACCESS_KEY": "maskpipe-test-aws-secret", "AWS_PROFILE": "dev", "GOOGLE_CLOUD_PROJECT": "p",
+    }  # fmt: skip
     settings = containers.ContainerRun(
-        image="maskpipe:dev", docker_host="unix:///x",
-        environment={k: v for k, v in {
-            "MINIO_ENDPOINT": "127.0.0.1:9000", "MASKPIPE_S3_RETRIES": "2", "HOME": "/root",
-            "AWS_SECRET_ACCESS_KEY": "not-for-the-steps"}.items()
-            if k.startswith(containers.PASSED_ENV_PREFIXES)},
+        image="maskpipe:dev", docker_host="unix:///x", environment=containers.passed_environment(shell)
     )
     args = settings.run_args()
-    assert args["environment"] == {"MINIO_ENDPOINT": "127.0.0.1:9000", "MASKPIPE_S3_RETRIES": "2"}
+    assert args["environment"] == {
+        "MINIO_ENDPOINT": "127.0.0.1:9000", "MINIO_SECRET_KEY": "maskpipe-test-secret", "MASKPIPE_S3_RETRIES": "2",
+        "AWS_SECRET_ACCESS_KEY": "maskpipe-test-aws-secret",  # storage.py reads the AWS_* names too
+    }  # fmt: skip
     assert args["network_mode"] == "host"
     assert "user" not in args, "the image's own non-root user runs the steps"
     assert "ContainerRun(image='maskpipe:dev'" in repr(settings) and "127.0.0.1" not in repr(settings)
