@@ -27,6 +27,7 @@ from maskpipe.ensemble import (
 from maskpipe.errors import DataLayoutError, MaskpipeError
 from maskpipe.labels import NUM_CLASSES, TASKS, encode_class
 from maskpipe.models import create_model, recalibrate_batchnorm
+from tiny import one_torch_thread  # noqa: F401  (an autouse fixture: tiny models, one thread)
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGES = 5  # odd, so batches of 2 or 3 leave a partial last batch
@@ -36,16 +37,6 @@ TASK_DATA = {
     "gender": ["data.input_size=[32,24]", "data.crop_size=[56,40]", "data.mean=[0.5,0.5,0.5]"],
     "age": ["data.input_size=[40,32]", "data.crop_size=null"],
 }
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    # These models are tiny; on a busy 2-core CI machine, intra-op threads mostly wait on
-    # each other. Restored afterwards for the other test modules.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")

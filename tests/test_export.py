@@ -9,24 +9,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from maskpipe.cli import main
 from maskpipe.labels import TASKS
 from maskpipe.model_card import CARD_FILE, ONNX_FILE, ModelDirError, read_model_dir
 from maskpipe.runtime import open_backend
 from cli_helpers import cli_error
-from tiny import write_task_checkpoints
+from tiny import one_torch_thread, write_task_checkpoints  # noqa: F401  (an autouse fixture)
 
 PROB_TOLERANCE = 1e-4
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture
