@@ -56,7 +56,6 @@ class StepConsole:
         self._started: Dict[str, float] = {}
         self._step_lines: Dict[str, List[str]] = {}
         self._current: Optional[str] = None
-        self.durations: Dict[str, float] = {}
         self.statuses: Dict[str, str] = {}
 
     # the text-stream interface print() and logging use
@@ -104,7 +103,6 @@ class StepConsole:
             key, status = finished.groups()
             self._current = None
             seconds = self._clock() - self._started.get(key, self._clock())
-            self.durations[self.name(key)] = seconds
             self.statuses[self.name(key)] = status
             word = "done" if status == "SUCCESS" else status.lower()
             self._show(f"{self.name(key):<15} {word} in {format_duration(seconds)}")

@@ -383,7 +383,7 @@ def failure_message(step: str, key: str, result: StepResult, image: str) -> str:
     how = result.problem or f"exit code {result.exit_code}"
     lines = [f"step {step} (task {key}) failed in image {image}: {how}"]
     if result.log_tail.strip():
-        lines += [f"last lines of its log:", *("    " + l for l in result.log_tail.splitlines())]
+        lines += ["last lines of its log:", *("    " + l for l in result.log_tail.splitlines())]
     if result.log_path is not None:
         lines.append(f"its full log: {result.log_path}")
     return "\n".join(lines)
