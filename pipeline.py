@@ -1,8 +1,9 @@
 """The maskpipe Kubeflow pipeline: which steps run, in what order, with what cluster settings.
 
-    index-data -> train-mask, train-gender, train-age (no edges between them) -> ensemble-infer
-                                                                             -> export-model -> deploy
-    (export-model runs unless ``export=false``; deploy only with ``deploy=true``)
+    index-data -> train-mask, train-gender, train-age (no edges between them)
+               -> export-model -> ensemble-infer (the exported model) -> deploy
+    With ``export=false``, ensemble-infer runs the three checkpoints instead; deploy runs only
+    with ``deploy=true``, after ensemble-infer has scored the model it serves.
 
 Commands (their code is in ``pipeline_cli/``):
     python pipeline.py compile [-o pipeline.yaml]          compile for a cluster
@@ -109,11 +110,12 @@ def make_pipeline(options: PipelineOptions = PipelineOptions()):
         overrides: List[str] = [],
         resume_bucket: str = "",
         export: bool = True,
+        infer_backend: str = "auto",
         deploy: bool = False,
         deploy_name: str = "maskpipe",
         deploy_namespace: str = "",
     ):
-        """Index -> three independent task trainings -> ensemble inference, export, deploy.
+        """Index -> three independent task trainings -> export -> ensemble inference -> deploy.
 
         Args:
             data_root: ``s3://bucket/prefix`` (MinIO) or a path mounted in the pods.
@@ -129,6 +131,9 @@ def make_pipeline(options: PipelineOptions = PipelineOptions()):
             overrides: Extra key=value config overrides, applied last.
             resume_bucket: Bucket for per-epoch resume state of retried training pods.
             export: Export the three models as one ONNX model folder (the served model).
+            infer_backend: How ensemble-infer runs the models: auto (the exported graph under
+                ONNX Runtime on a CPU node, torch on a GPU node; the checkpoints under torch
+                with export=false), onnx or torch.
             deploy: Serve the exported model as a KServe InferenceService (needs export).
             deploy_name: InferenceService name, also the model name in its URLs.
             deploy_namespace: Namespace of the InferenceService; empty: the run's namespace.
@@ -165,7 +170,7 @@ def make_pipeline(options: PipelineOptions = PipelineOptions()):
                 )
             models[task] = train_task.outputs["model"]
 
-        infer_task = ensemble_infer(
+        infer_inputs = dict(
             index=index_task.outputs["index"],
             mask_model=models["mask"],
             gender_model=models["gender"],
@@ -173,10 +178,8 @@ def make_pipeline(options: PipelineOptions = PipelineOptions()):
             preset=preset,
             overrides=overrides,
             tta=tta,
+            backend=infer_backend,
         )
-        infer_task.set_display_name("ensemble-infer")
-        _configure(infer_task, options, options.infer_resources, gpu=True, shm=True)
-
         # `== True`: a KFP condition on a run parameter, compiled, not a Python comparison.
         with dsl.If(export == True, name="export"):  # noqa: E712
             export_task = export_model(
@@ -184,16 +187,28 @@ def make_pipeline(options: PipelineOptions = PipelineOptions()):
             )
             export_task.set_display_name("export-model")
             _configure(export_task, options, options.export_resources, gpu=False)
+            # The ensemble scores the exported model folder: the submission and validation
+            # scores are those of the model that gets served.
+            infer_task = ensemble_infer(**infer_inputs, exported_model=export_task.outputs["model"])
+            _configure_infer(infer_task, options)
             with dsl.If(deploy == True, name="deploy"):  # noqa: E712
                 deploy_task = deploy_model(
                     model=export_task.outputs["model"], name=deploy_name, namespace=deploy_namespace,
                     serving_image=serving_image(options.image),
                 )  # fmt: skip
                 deploy_task.set_display_name("deploy")
+                deploy_task.after(infer_task)  # serve only a model that has just been scored
                 deploy_task.set_caching_options(False)  # the cluster's state, not a pure function
                 _configure(deploy_task, options, options.deploy_resources, gpu=False, image=serving_image(options.image))
+        with dsl.Else(name="no-export"):
+            _configure_infer(ensemble_infer(**infer_inputs), options)  # the three checkpoints
 
     return maskpipe_pipeline
+
+
+def _configure_infer(task: dsl.PipelineTask, options: PipelineOptions) -> None:
+    task.set_display_name("ensemble-infer")
+    _configure(task, options, options.infer_resources, gpu=True, shm=True)
 
 
 def _configure(

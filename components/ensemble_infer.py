@@ -1,6 +1,7 @@
-"""Pipeline step ``ensemble-infer``: three task models -> submission.csv and validation scores."""
+"""Pipeline step ``ensemble-infer``: the exported model (or the three task models) ->
+submission.csv and validation scores."""
 
-from typing import List
+from typing import List, Optional
 
 from kfp import dsl
 from kfp.dsl import HTML, ClassificationMetrics, Dataset, Input, Markdown, Metrics, Model, Output
@@ -19,21 +20,27 @@ def ensemble_infer(
     confusion_matrix: Output[ClassificationMetrics],
     report: Output[Markdown],
     html_report: Output[HTML],
+    exported_model: Optional[Input[Model]] = None,
     preset: str = "default",
     overrides: List[str] = [],
     tta: bool = False,
+    backend: str = "auto",
 ):
     """Combine the mask, gender and age models into the 18-class submission.
 
     Wraps ``maskpipe.ensemble.predict_submission`` for the eval images and
-    ``predict_classes`` + ``maskpipe.metrics.classification_metrics`` for the validation people
-    (the index's ``split == "val"`` rows), whose labels are known.
+    ``predict_rows_probs`` + ``maskpipe.metrics.classification_metrics`` for the validation
+    people (the index's ``split == "val"`` rows), whose labels are known. Given
+    ``exported_model`` (what ``export-model`` wrote), it runs that folder, so the scores are
+    those of the model that is served; otherwise the three checkpoints.
 
     Args:
         index: Folder written by ``index-data`` (``index.parquet``, ``index.eval.parquet``).
         mask_model: Checkpoint folder of the mask model.
         gender_model: Checkpoint folder of the gender model.
         age_model: Checkpoint folder of the age model.
+        exported_model: The folder ``export-model`` wrote (``model.onnx``, ``model.json``, the
+            three checkpoints); absent when the pipeline runs with ``export=false``.
         submission: ``submission.csv`` (``ImageID,ans``, one row per ``info.csv`` row).
         metrics: 18-class accuracy and macro-F1 on the validation people.
         confusion_matrix: 18-class confusion matrix on the validation people.
@@ -44,14 +51,24 @@ def ensemble_infer(
             local data root), a gallery of sample predictions.
         preset: Config preset whose ``infer`` section gives batch size and workers.
         overrides: Extra ``key=value`` config overrides (``infer.*`` keys apply here).
-        tta: Average the predictions of each image and its horizontal flip.
+        tta: Average the predictions of each image and its horizontal flip (an exported
+            model has TTA inside its graph or not; asking for TTA it lacks is an error).
+        backend: ``auto``: the exported graph under ONNX Runtime on a CPU node, its checkpoints
+            under torch on a GPU node; without an exported model, torch. Or ``onnx``/``torch``.
     """
     from pathlib import Path
 
     from maskpipe.atomic import write_text
     from maskpipe.config import load_config
     from maskpipe.data.index import eval_index_path, read_eval_index, read_index
-    from maskpipe.ensemble import classes_from_probs, predict_rows_probs, predict_submission
+    from maskpipe.ensemble import (
+        classes_from_probs,
+        open_exported,
+        predict_rows_probs,
+        predict_rows_probs_exported,
+        predict_submission,
+        resolve_backend,
+    )
     from maskpipe.errors import DataLayoutError
     from maskpipe.labels import CLASS_NAMES, NUM_COMBINED_CLASSES
     from maskpipe.metrics import classification_metrics
@@ -63,7 +80,15 @@ def ensemble_infer(
         "age": Path(age_model.path),
     }
     index_path = Path(index.path) / "index.parquet"
-    options = {"tta": tta, "batch_size": infer.batch_size, "num_workers": infer.num_workers}
+    options = {"batch_size": infer.batch_size, "num_workers": infer.num_workers}
+    backend = resolve_backend(backend, exported=exported_model is not None)
+    # The model first: a wrong or altered folder fails before any image is read.
+    if exported_model is not None:
+        models = open_exported(exported_model.path, backend, "auto", tta)
+        tta, ran = models.card.tta, f"exported model, {models.name} backend"
+    else:
+        models, options["tta"], ran = checkpoints, tta, "three checkpoints, torch backend"
+    print(f"running the {ran}")
 
     if not eval_index_path(index_path).exists():
         raise DataLayoutError(
@@ -71,20 +96,22 @@ def ensemble_infer(
             "(eval/info.csv and eval/images/), so there is nothing to predict; add it and rerun"
         )
     eval_frame, data_root = read_eval_index(eval_index_path(index_path))
-    result = predict_submission(
-        checkpoints, eval_frame, submission.path, data_root=data_root, **options
-    )
+    result = predict_submission(models, eval_frame, submission.path, data_root=data_root, **options)
     print(result.summary())
     predicted = result.submission["ans"].value_counts()
     submission.metadata.update(
-        {"format": "csv", "filename": "submission.csv", "rows": len(result.submission), "tta": tta}
+        {"format": "csv", "filename": "submission.csv", "rows": len(result.submission), "tta": tta,
+         "model": ran}
     )
 
     frame, data_root = read_index(index_path)
     val = frame[frame["split"] == "val"]
     scores = None
     if len(val):
-        val_probs = predict_rows_probs(checkpoints, val, data_root, **options)
+        if exported_model is not None:
+            val_probs = predict_rows_probs_exported(models, val, data_root, **options)
+        else:
+            val_probs = predict_rows_probs(models, val, data_root, **options)
         y_pred = classes_from_probs(val_probs)
         scores = classification_metrics(
             val["class"].to_numpy(), y_pred, NUM_COMBINED_CLASSES, list(CLASS_NAMES)
@@ -100,6 +127,7 @@ def ensemble_infer(
         "# Ensemble inference",
         "",
         f"- submission rows: **{len(result.submission)}** (TTA: {'on' if tta else 'off'})",
+        f"- model: {ran}",
     ]
     if scores is None:
         lines.append("- validation: no `split == val` people in the index (val_fraction 0)")
@@ -119,7 +147,7 @@ def ensemble_infer(
     from maskpipe.reports.infer_report import find_eval_truth, submission_set
 
     truth = find_eval_truth(result.data_root)
-    facts = [("TTA", "on" if tta else "off")] + ([("truth", str(truth))] if truth else [])
+    facts = [("model", ran), ("TTA", "on" if tta else "off")] + ([("truth", str(truth))] if truth else [])
     sets = [submission_set(result, truth)]
     if scores is not None:
         sets.append(

@@ -74,8 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     _task_checkpoint_args(p, required=False)
     p.add_argument("--model", type=Path, help="a folder `maskpipe export` wrote (instead of the three)")
     p.add_argument(
-        "--backend", choices=["onnx", "torch"],
-        help="onnx (ONNX Runtime, CPU; needs --model) or torch (default: onnx with --model, else torch)",
+        "--backend", choices=["auto", "onnx", "torch"], default="auto",
+        help="onnx (ONNX Runtime, CPU; needs --model) or torch; auto (default): with --model onnx, "
+        "or torch where CUDA is available; without it torch",
     )
     p.add_argument("--data", required=True, help="data root with eval/info.csv and eval/images/")
     p.add_argument("-o", "--out", type=Path, required=True)
@@ -206,7 +207,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
 
 
 def _cmd_infer(args: argparse.Namespace) -> None:
-    from maskpipe.ensemble import predict_submission
+    from maskpipe.ensemble import predict_submission, resolve_backend
 
     given = [task for task in ("mask", "gender", "age") if getattr(args, task) is not None]
     if args.model is not None and given:
@@ -214,7 +215,7 @@ def _cmd_infer(args: argparse.Namespace) -> None:
     if args.model is None and len(given) != 3:
         raise UserError("give --mask, --gender and --age checkpoint folders, or an exported --model folder")
     source = args.model if args.model is not None else {t: getattr(args, t) for t in given}
-    backend = args.backend or ("onnx" if args.model is not None else "torch")
+    backend = resolve_backend(args.backend, exported=args.model is not None)
     result = predict_submission(
         source,
         args.data,

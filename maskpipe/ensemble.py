@@ -92,14 +92,15 @@ def predict_submission(
     device: str = "auto",
     cache_dir: str | Path | None = None,
     amp: bool | None = None,
-    backend: str = "torch",
+    backend: str = "auto",
 ) -> InferResult:
     """Predict the 18-class id of every eval image and write ``ImageID,ans`` atomically.
 
     Args:
         checkpoints: ``{"mask": DIR, "gender": DIR, "age": DIR}`` (or loaded checkpoints);
             each folder must hold a checkpoint of that task. Or the folder ``maskpipe export``
-            wrote, run with ``backend`` (its card decides TTA, so ``tta`` must agree or be off).
+            wrote, run with ``backend`` (its card decides TTA, so ``tta`` must agree or be off),
+            or such a folder already opened with :func:`open_exported`.
         data: a data root (local or ``s3://``) with ``eval/info.csv`` and ``eval/images/``, or
             an eval index frame (``image_id``, ``path``), which then needs ``data_root``.
         out_csv: the submission to write (``ImageID,ans`` in ``info.csv`` order).
@@ -110,22 +111,21 @@ def predict_submission(
         device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
         cache_dir: local cache for ``s3://`` images.
         amp: bf16 autocast; None means on for CUDA, off for CPU.
-        backend: ``torch`` (the checkpoints) or, for an exported folder, ``onnx``.
+        backend: ``torch``, or for an exported folder ``onnx``; ``auto`` chooses
+            (:func:`resolve_backend`).
     """
     start = time.perf_counter()
     if isinstance(checkpoints, (str, Path)):
         # Model folder first: a wrong or altered folder fails before any image is read.
-        exported = open_exported(checkpoints, backend, device, tta)
+        checkpoints = open_exported(checkpoints, backend, device, tta)
+    if hasattr(checkpoints, "predict"):  # an exported model folder, opened (maskpipe.runtime)
+        exported = checkpoints
         frame, root = _eval_frame(data, data_root, cache_dir)
         paths = localize_paths(root, frame["path"].tolist(), cache_dir)
         probs = predict_probs_exported(exported, paths, batch_size=batch_size, num_workers=num_workers)
         tta, torch_device = exported.card.tta, f"{getattr(exported, 'device', 'cpu')} ({exported.name})"
     else:
-        if backend != "torch":
-            raise MaskpipeError(
-                f"backend {backend!r} runs an exported model folder; export the three "
-                "checkpoints first (`maskpipe export ... -o MODEL_DIR`) and pass that folder"
-            )
+        resolve_backend(backend, exported=False)  # onnx needs an exported folder
         torch_device = resolve_device(device)
         # Checkpoints first: a wrong folder fails in seconds, before any image is read.
         loaded = load_task_models(checkpoints, torch_device)
@@ -190,12 +190,30 @@ def predict_rows_probs(
     )  # fmt: skip
 
 
+def resolve_backend(backend: str, *, exported: bool) -> str:
+    """``auto`` -> for an exported folder ONNX Runtime on a CPU-only machine and torch where
+    CUDA is available; for the three checkpoints torch. ``onnx`` needs an exported folder."""
+    if backend not in ("auto", "onnx", "torch"):
+        raise MaskpipeError(f"unknown backend {backend!r}; use auto, onnx or torch")
+    if not exported:
+        if backend == "onnx":
+            raise MaskpipeError(
+                "backend 'onnx' runs the exported model folder, and there is none: export the "
+                "three checkpoints first (`maskpipe export`; in the pipeline export=true), or "
+                "use backend torch"
+            )
+        return "torch"
+    if backend == "auto":
+        return "torch" if torch.cuda.is_available() else "onnx"
+    return backend
+
+
 def open_exported(model_dir: str | Path, backend: str, device: str, tta: bool):
     """An exported model folder, verified and opened with ``backend``; ``tta`` must not ask for
     what the graph was exported without."""
     from maskpipe.runtime import open_backend
 
-    exported = open_backend(model_dir, backend, device=device)
+    exported = open_backend(model_dir, resolve_backend(backend, exported=True), device=device)
     if tta and not exported.card.tta:
         raise MaskpipeError(
             f"--tta was asked for, but {model_dir} was exported without flip TTA; "
@@ -226,6 +244,20 @@ def predict_probs_exported(
     if row != len(paths):
         raise RuntimeError(f"inference produced {row} rows for {len(paths)} images")
     return out
+
+
+def predict_rows_probs_exported(
+    exported: Any,
+    frame: pd.DataFrame,
+    data_root: str,
+    *,
+    batch_size: int = 64,
+    num_workers: int | None = None,
+    cache_dir: str | Path | None = None,
+) -> dict[str, np.ndarray]:
+    """:func:`predict_rows_probs` for an opened exported model (:func:`open_exported`)."""
+    paths = localize_paths(data_root, frame["path"].tolist(), cache_dir)
+    return predict_probs_exported(exported, paths, batch_size=batch_size, num_workers=num_workers)
 
 
 def _rows_probs(

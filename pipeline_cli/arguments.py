@@ -16,6 +16,11 @@ def pipeline_arguments(args: argparse.Namespace) -> Dict[str, Any]:
     """The run's pipeline parameters from the command line (every parameter, explicitly)."""
     preset = args.preset
     tta = args.tta
+    if args.infer_backend == "onnx" and not (args.export or args.deploy):
+        raise argparse.ArgumentTypeError(
+            "--infer-backend onnx runs the exported model, and --no-export skips the export: "
+            "drop one of them"
+        )
     if tta is None:
         from maskpipe.config import load_config
 
@@ -34,6 +39,7 @@ def pipeline_arguments(args: argparse.Namespace) -> Dict[str, Any]:
         "overrides": list(args.overrides),
         "resume_bucket": args.resume_bucket,
         "export": bool(args.export or args.deploy),
+        "infer_backend": args.infer_backend,
         "deploy": bool(args.deploy),
         "deploy_name": args.deploy_name,
         "deploy_namespace": args.deploy_namespace,
@@ -123,6 +129,10 @@ def param_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--resume-bucket", default="", help="bucket for per-epoch resume state")
     g.add_argument("--export", action=argparse.BooleanOptionalAction, default=True,
                    help="export the ONNX model folder after training (default on)")
+    g.add_argument("--infer-backend", choices=["auto", "onnx", "torch"], default="auto",
+                   help="how ensemble-infer runs the models: auto (default) runs the exported "
+                   "model with ONNX Runtime on a CPU node, with torch on a GPU node, and the "
+                   "checkpoints with --no-export")
     g.add_argument("--deploy", action="store_true",
                    help="serve the exported model as a KServe InferenceService (cluster only)")
     g.add_argument("--deploy-name", default="maskpipe", help="InferenceService name")

@@ -82,8 +82,8 @@ def _profile_namespace(args: argparse.Namespace) -> Optional[str]:
 
 def submit(args: argparse.Namespace) -> Any:
     """Compile with the cluster flags and start a run; returns kfp's RunPipelineResult."""
+    arguments = pipeline_arguments(args)  # a usage error before any request
     client = make_client(args)
-    arguments = pipeline_arguments(args)
     with tempfile.TemporaryDirectory() as tmp:
         package = Path(args.package) if args.package else compile_pipeline(
             options_from_args(args), Path(tmp) / "pipeline.yaml"

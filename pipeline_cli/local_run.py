@@ -104,9 +104,7 @@ def run_local(
         options = dataclasses.replace(options, image=in_containers.image)
         runner = local.DockerRunner(**in_containers.run_args())
     pipeline_func = make_pipeline(options)
-    display_names = {
-        key: spec.task_info.name for key, spec in pipeline_func.pipeline_spec.root.dag.tasks.items()
-    }
+    display_names = step_display_names(pipeline_func.pipeline_spec)
 
     local.init(runner=runner, pipeline_root=str(runs_root), raise_on_error=True)
     before = set(runs_root.iterdir())
@@ -147,17 +145,29 @@ def run_local(
     return run
 
 
+def step_display_names(spec: Any) -> Dict[str, str]:
+    """Task key -> display name of every step of a pipeline spec, inside conditions too (not
+    the condition groups). Two keys can share a name: ensemble-infer has one task per branch of
+    the ``export`` condition, and one of them runs."""
+    dags = [spec.root.dag] + [c.dag for c in spec.components.values() if c.HasField("dag")]
+    return {
+        key: task.task_info.name
+        for dag in dags
+        for key, task in dag.tasks.items()
+        if not spec.components[task.component_ref.name].HasField("dag")
+    }
+
+
 def collect_local_run(
     run_dir: Path, output_dir: Path, display_names: Dict[str, str]
 ) -> LocalRun:
-    """Find each step's outputs in a kfp.local run folder (``<run>/<task key>/<output>``)."""
-    by_name = {name: run_dir / key for key, name in display_names.items()}
+    """Find each step's outputs in a kfp.local run folder (``<run>/<task key>/<output>``; a
+    step inside a condition too: kfp.local names its folder by the task key all the same)."""
+    by_name = {name: run_dir / key for key, name in display_names.items() if (run_dir / key).is_dir()}
     infer_dir = by_name["ensemble-infer"]
     submission = output_dir / "submission.csv"
     shutil.copyfile(infer_dir / "submission", submission)
-    # export-model sits inside the `export` condition's sub-DAG; kfp.local names its folder
-    # by the task key all the same.
-    exported = run_dir / "export-model" / "model"
+    exported = by_name.get("export-model", run_dir / "export-model") / "model"
     metrics = {}
     for name, folder in by_name.items():
         executor_output = folder / "executor_output.json"

@@ -19,7 +19,7 @@ from components import IMAGE, ensemble_infer, index_data, train_model
 from components.image import FALLBACK_IMAGE, read_default_image
 from datafactory import make_dataset, truncate
 from tiny import TINY_OVERRIDES
-from maskpipe.errors import DataLayoutError
+from maskpipe.errors import DataLayoutError, MaskpipeError
 from maskpipe.labels import CLASS_NAMES, TASK_CLASS_NAMES, TASKS
 
 
@@ -296,6 +296,54 @@ def test_ensemble_infer_without_eval_data_says_what_is_missing(indexed, trained,
     (Path(no_eval.path) / "index.eval.parquet").unlink()
     with pytest.raises(DataLayoutError, match="eval/info.csv"):
         run_ensemble(no_eval, trained, tmp_path / "out")
+
+
+def export_trained(trained, out: Path, *, tta: bool) -> dsl.Model:
+    """What the pipeline's export-model step writes for the ``trained`` checkpoints."""
+    from components.export_model import export_model
+
+    model = dsl.Model(name="model", uri=str(out / "model"), metadata={})
+    export_model.python_func(**{f"{t}_model": trained[t][0] for t in TASKS}, model=model, tta=tta)
+    return model
+
+
+@pytest.mark.slow
+def test_ensemble_infer_scores_the_exported_model_and_agrees_with_the_checkpoints(
+    ensembled, indexed, trained, tmp_path
+):
+    exported = export_trained(trained, tmp_path, tta=False)
+    outputs = run_ensemble(indexed, trained, tmp_path / "out", exported_model=exported)
+    assert outputs["submission"].metadata["model"] == "exported model, onnx backend"  # auto on a CPU
+    assert ensembled["submission"].metadata["model"] == "three checkpoints, torch backend"
+    # The graph and the checkpoints give the same classes (probabilities within 1e-4: test_export).
+    ours, theirs = (pd.read_csv(o["submission"].path) for o in (outputs, ensembled))
+    assert ours.equals(theirs)
+    for key in ("val_images", "val_macro_f1", "val_accuracy"):
+        assert outputs["metrics"].metadata[key] == pytest.approx(ensembled["metrics"].metadata[key])
+    assert "exported model, onnx backend" in Path(outputs["report"].path).read_text()
+    assert "exported model, onnx backend" in Path(outputs["html_report"].path).read_text()
+
+
+@pytest.mark.slow
+def test_ensemble_infer_can_run_the_exported_folder_with_torch(indexed, trained, ensembled, tmp_path):
+    exported = export_trained(trained, tmp_path, tta=False)
+    outputs = run_ensemble(indexed, trained, tmp_path / "out", exported_model=exported, backend="torch")
+    assert outputs["submission"].metadata["model"] == "exported model, torch backend"
+    assert pd.read_csv(outputs["submission"].path).equals(pd.read_csv(ensembled["submission"].path))
+
+
+@pytest.mark.slow
+def test_ensemble_infer_refuses_onnx_without_an_exported_model(indexed, trained, tmp_path):
+    with pytest.raises(MaskpipeError, match="export=true"):
+        run_ensemble(indexed, trained, tmp_path, backend="onnx")
+    assert not (tmp_path / "submission").exists()
+
+
+@pytest.mark.slow
+def test_ensemble_infer_refuses_tta_that_the_exported_graph_lacks(indexed, trained, tmp_path):
+    exported = export_trained(trained, tmp_path, tta=False)
+    with pytest.raises(MaskpipeError, match="exported without flip TTA"):
+        run_ensemble(indexed, trained, tmp_path / "out", exported_model=exported, tta=True)
 
 
 # ---------------------------------------------------------------------------------------------

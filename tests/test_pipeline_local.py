@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 
 import pipeline
-from pipeline_cli.local_run import LocalRun, run_local
+from pipeline_cli.local_run import LocalRun, run_local, step_display_names
 from maskpipe.data.synth import generate
 from maskpipe.metrics import classification_metrics
 
@@ -98,24 +98,13 @@ def test_submission_scores_well_above_chance(local_run):
     )
 
 
-def step_display_names(spec) -> dict[str, str]:
-    """Task key -> display name of every step, inside conditions too (not the conditions)."""
-    dags = [spec.root.dag] + [c.dag for c in spec.components.values() if c.HasField("dag")]
-    return {
-        key: task.task_info.name
-        for dag in dags
-        for key, task in dag.tasks.items()
-        if not spec.components[task.component_ref.name].HasField("dag")
-    }
-
-
 def test_every_declared_artifact_exists(local_run):
     display = step_display_names(pipeline.make_pipeline(pipeline.LOCAL_OPTIONS).pipeline_spec)
     assert set(display.values()) == set(DECLARED_OUTPUTS) | {"deploy"}
-    for key, name in display.items():
-        if name == "deploy":  # deploy=false by default: the step does not run
-            assert not (local_run.run_dir / key).exists()
-            continue
+    ran = {key: name for key, name in display.items() if (local_run.run_dir / key).exists()}
+    # deploy=false by default; export=true, so ensemble-infer ran once, in the export branch
+    assert sorted(ran.values()) == sorted(DECLARED_OUTPUTS), ran
+    for key, name in ran.items():
         step_dir = local_run.run_dir / key
         executor_output = json.loads((step_dir / "executor_output.json").read_text())
         declared = DECLARED_OUTPUTS[name]
@@ -141,6 +130,8 @@ def test_the_run_exports_a_verified_model_that_answers_as_the_submission(local_r
     data_root = Path(json.loads((local_run.output_dir / "scores.json").read_text())["truth"]).parent
     exported = predict_submission(local_run.model_dir, data_root, local_run.output_dir / "onnx.csv", backend="onnx")
     assert exported.submission["ans"].tolist() == pd.read_csv(local_run.submission)["ans"].tolist()
+    # ... because the ensemble step ran that very folder (the export branch's ensemble-infer)
+    assert "running the exported model, onnx backend" in local_run.log_path.read_text()
 
 
 def test_checkpoints_and_reports_are_where_the_summary_says(local_run):

@@ -60,7 +60,28 @@ def compiled(tmp_path_factory) -> tuple[str, dict, dict]:
 
 
 def tasks_by_display_name(spec: dict) -> dict[str, dict]:
-    return {task["taskInfo"]["name"]: task for task in spec["root"]["dag"]["tasks"].values()}
+    """Every step (not the condition groups) by display name, in the root DAG and inside
+    conditions. A name that two branches share is qualified by its branch:
+    ensemble-infer runs in the `export` branch (on the exported model) or in `no-export`."""
+    groups = {}  # component name of a sub-DAG -> the display name of the group that runs it
+    found = []  # (step display name, the group it is in, its task)
+    for owner, dag in _dags(spec).items():
+        for task in dag["tasks"].values():
+            if "dag" in spec["components"][task["componentRef"]["name"]]:
+                groups[task["componentRef"]["name"]] = task["taskInfo"]["name"]
+            else:
+                found.append((task["taskInfo"]["name"], owner, task))
+    names = [name for name, _, _ in found]
+    return {name if names.count(name) == 1 else f"{name}@{groups[owner]}": task for name, owner, task in found}
+
+
+def _dags(spec: dict) -> dict[str, dict]:
+    """Component name ("root" for the pipeline) -> its DAG."""
+    return {"root": spec["root"]["dag"], **{n: c["dag"] for n, c in spec["components"].items() if "dag" in c}}
+
+
+# The two ensemble-infer tasks, one per branch of the `export` condition.
+INFER_STEPS = ("ensemble-infer@export", "ensemble-infer@no-export")
 
 
 def key_of(spec: dict, display_name: str) -> str:
@@ -85,11 +106,13 @@ def container_of(spec: dict, display_name: str) -> dict:
     return spec["deploymentSpec"]["executors"][executor_of(spec, display_name)]["container"]
 
 
-def test_pipeline_has_the_five_named_steps_and_the_export_branch(compiled):
+def test_pipeline_has_the_named_steps_and_the_export_branches(compiled):
     _, spec, _ = compiled
     assert sorted(tasks_by_display_name(spec)) == sorted(
-        ["index-data", *TRAIN_STEPS, "ensemble-infer", "export"]
+        ["index-data", *TRAIN_STEPS, "export-model", *INFER_STEPS, "deploy"]
     )
+    root = {task["taskInfo"]["name"] for task in spec["root"]["dag"]["tasks"].values()}
+    assert root == {"index-data", *TRAIN_STEPS, "condition-branches-1"}
 
 
 def _branch(spec: dict, display_name: str) -> tuple[dict, dict]:
@@ -106,7 +129,6 @@ def test_export_runs_after_the_three_trainings_unless_export_is_false(compiled):
     _, spec, _ = compiled
     branch, inside = _branch(spec, "export")
     assert branch["triggerPolicy"]["condition"] == "inputs.parameter_values['pipelinechannel--export'] == true"
-    assert set(branch["dependentTasks"]) == {key_of(spec, name) for name in TRAIN_STEPS}
     artifacts = inside["export-model"]["inputs"]["artifacts"]
     assert set(artifacts) == {"mask_model", "gender_model", "age_model"}
     assert inside["export-model"]["inputs"]["parameters"]["tta"] == {"componentInputParameter": "pipelinechannel--tta"}
@@ -118,6 +140,7 @@ def test_deploy_runs_only_when_asked_in_the_serving_image_on_the_exported_model(
     branch, inside = _branch(spec, "deploy")
     assert branch["triggerPolicy"]["condition"] == "inputs.parameter_values['pipelinechannel--deploy'] == true"
     deploy = inside["deploy"]
+    assert set(branch["dependentTasks"]) == {"export-model", "ensemble-infer"}  # deploy what was scored
     assert deploy["inputs"]["artifacts"]["model"] == {"componentInputArtifact": "pipelinechannel--export-model-model"}
     assert deploy["inputs"]["parameters"]["name"] == {"componentInputParameter": "pipelinechannel--deploy_name"}
     assert container_of_component(spec, "deploy-model")["image"] == SERVE_IMAGE
@@ -144,15 +167,36 @@ def test_training_steps_depend_only_on_indexing(compiled):
         assert tasks[name]["dependentTasks"] == [index_key], name
 
 
-def test_inference_depends_on_indexing_and_all_three_trainings(compiled):
+def test_the_export_branches_wait_for_indexing_and_all_three_trainings(compiled):
     _, spec, _ = compiled
-    deps = tasks_by_display_name(spec)["ensemble-infer"]["dependentTasks"]
-    expected = {key_of(spec, name) for name in ("index-data", *TRAIN_STEPS)}
-    assert set(deps) == expected
-    artifacts = tasks_by_display_name(spec)["ensemble-infer"]["inputs"]["artifacts"]
-    for task in ("mask", "gender", "age"):
-        source = artifacts[f"{task}_model"]["taskOutputArtifact"]
-        assert source == {"outputArtifactKey": "model", "producerTask": key_of(spec, f"train-{task}")}
+    (branches,) = [t for t in spec["root"]["dag"]["tasks"].values() if t["taskInfo"]["name"] == "condition-branches-1"]
+    assert set(branches["dependentTasks"]) == {key_of(spec, name) for name in ("index-data", *TRAIN_STEPS)}
+
+
+def test_inference_scores_the_exported_model_when_export_is_on(compiled):
+    _, spec, _ = compiled
+    _, inside = _branch(spec, "export")
+    infer = inside["ensemble-infer"]
+    assert infer["dependentTasks"] == ["export-model"]
+    artifacts = infer["inputs"]["artifacts"]
+    assert artifacts["exported_model"] == {"taskOutputArtifact": {"outputArtifactKey": "model", "producerTask": "export-model"}}
+    for task in ("mask", "gender", "age"):  # the checkpoints still come from the trainings
+        assert artifacts[f"{task}_model"] == {"componentInputArtifact": f"pipelinechannel--train-model{_suffix(task)}-model"}
+    assert infer["inputs"]["parameters"]["backend"] == {"componentInputParameter": "pipelinechannel--infer_backend"}
+
+
+def test_inference_runs_the_checkpoints_when_export_is_off(compiled):
+    _, spec, _ = compiled
+    branch, inside = _branch(spec, "no-export")
+    assert branch["triggerPolicy"]["condition"] == "!(inputs.parameter_values['pipelinechannel--export'] == true)"
+    infer = inside["ensemble-infer"]
+    assert "exported_model" not in infer["inputs"]["artifacts"]
+    assert set(infer["inputs"]["artifacts"]) == {"index", "mask_model", "gender_model", "age_model"}
+
+
+def _suffix(task: str) -> str:
+    """train-model, train-model-2, train-model-3: the task keys of the mask, gender, age trainings."""
+    return {"mask": "", "gender": "-2", "age": "-3"}[task]
 
 
 def test_each_training_step_trains_its_own_task(compiled):
@@ -168,7 +212,7 @@ def test_each_training_step_trains_its_own_task(compiled):
 
 def test_every_step_has_one_html_report_for_the_ui(compiled):
     _, spec, _ = compiled
-    for name in ("index-data", *TRAIN_STEPS, "ensemble-infer"):
+    for name in ("index-data", *TRAIN_STEPS, *INFER_STEPS):
         component = spec["components"][tasks_by_display_name(spec)[name]["componentRef"]["name"]]
         outputs = component["outputDefinitions"]["artifacts"]
         html = [key for key, value in outputs.items() if value["artifactType"]["schemaTitle"] == "system.HTML"]
@@ -177,7 +221,7 @@ def test_every_step_has_one_html_report_for_the_ui(compiled):
 
 def test_training_and_inference_request_one_gpu_but_indexing_none(compiled):
     _, spec, _ = compiled
-    for name in (*TRAIN_STEPS, "ensemble-infer"):
+    for name in (*TRAIN_STEPS, *INFER_STEPS):
         accelerator = container_of(spec, name)["resources"]["accelerator"]
         assert accelerator["resourceType"] == "nvidia.com/gpu", name
         assert int(accelerator["resourceCount"]) == 1, name
@@ -191,7 +235,7 @@ def test_index_gpu_flag_gives_indexing_a_gpu(tmp_path):
 
 def test_every_step_has_cpu_and_memory_requests_and_limits(compiled):
     _, spec, _ = compiled
-    for name in ("index-data", *TRAIN_STEPS, "ensemble-infer"):
+    for name in ("index-data", *TRAIN_STEPS, *INFER_STEPS):
         resources = container_of(spec, name)["resources"]
         for field in ("resourceCpuRequest", "resourceCpuLimit", "resourceMemoryRequest", "resourceMemoryLimit"):
             assert resources.get(field), (name, field)
@@ -199,7 +243,7 @@ def test_every_step_has_cpu_and_memory_requests_and_limits(compiled):
 
 def test_gpu_steps_mount_memory_backed_dev_shm(compiled):
     _, spec, platform = compiled
-    for name in (*TRAIN_STEPS, "ensemble-infer"):
+    for name in (*TRAIN_STEPS, *INFER_STEPS):
         mounts = k8s_of(spec, platform, name)["emptyDirMounts"]
         assert [m["mountPath"] for m in mounts] == ["/dev/shm"], name
         assert mounts[0]["medium"] == "Memory"
@@ -207,7 +251,7 @@ def test_gpu_steps_mount_memory_backed_dev_shm(compiled):
 
 def test_every_step_gets_minio_keys_from_the_secret(compiled):
     _, spec, platform = compiled
-    for name in ("index-data", *TRAIN_STEPS, "ensemble-infer"):
+    for name in ("index-data", *TRAIN_STEPS, *INFER_STEPS):
         (secret,) = k8s_of(spec, platform, name)["secretAsEnv"]
         assert secret["secretNameParameter"]["runtimeValue"]["constant"] == "maskpipe-minio"
         env = {m["envVar"]: m["secretKey"] for m in secret["keyToEnv"]}
@@ -229,7 +273,7 @@ def test_endpoint_can_come_from_the_secret(tmp_path):
 
 def test_gpu_steps_get_node_selector_and_toleration_when_asked(compiled):
     _, spec, platform = compiled
-    for name in (*TRAIN_STEPS, "ensemble-infer"):
+    for name in (*TRAIN_STEPS, *INFER_STEPS):
         k8s = k8s_of(spec, platform, name)
         assert k8s["nodeSelector"]["labels"] == {"nvidia.com/gpu.present": "true"}
         assert k8s["tolerations"] == [
@@ -264,7 +308,7 @@ def test_cache_training_flag_enables_training_cache(tmp_path):
 
 def test_steps_run_in_the_project_image_without_pip_installs(compiled):
     text, spec, _ = compiled
-    for name in ("index-data", *TRAIN_STEPS, "ensemble-infer"):
+    for name in ("index-data", *TRAIN_STEPS, *INFER_STEPS):
         container = container_of(spec, name)
         assert container["image"] == IMAGE
         assert "pip install" not in " ".join(container["command"]), name
@@ -273,7 +317,7 @@ def test_steps_run_in_the_project_image_without_pip_installs(compiled):
 
 def test_image_flag_replaces_the_image_of_every_step(tmp_path):
     spec = next(yaml.safe_load_all(compile_yaml(tmp_path, "--image", "registry.local/maskpipe:abc123")))
-    for name in ("index-data", *TRAIN_STEPS, "ensemble-infer"):
+    for name in ("index-data", *TRAIN_STEPS, *INFER_STEPS):
         assert container_of(spec, name)["image"] == "registry.local/maskpipe:abc123"
 
 
@@ -283,8 +327,9 @@ def test_pipeline_parameters_and_defaults(compiled):
     assert set(params) == {
         "data_root", "preset", "epochs", "batch_size", "learning_rate", "architecture",
         "image_size", "val_fraction", "seed", "tta", "overrides", "resume_bucket",
-        "export", "deploy", "deploy_name", "deploy_namespace",
+        "export", "infer_backend", "deploy", "deploy_name", "deploy_namespace",
     }  # fmt: skip
+    assert params["infer_backend"]["defaultValue"] == "auto"
     assert params["export"]["defaultValue"] is True and params["deploy"]["defaultValue"] is False
     assert "defaultValue" not in params["data_root"]  # must be given per run
     assert params["preset"]["defaultValue"] == "default"

@@ -186,8 +186,9 @@ def test_submit_sends_spec_parameters_root_and_bearer_token(fake_kfp, capsys):
     spec = body["pipeline_spec"]
     assert spec["pipeline_spec"]["pipelineInfo"]["name"] == "maskpipe"
     assert {t["taskInfo"]["name"] for t in spec["pipeline_spec"]["root"]["dag"]["tasks"].values()} == {
-        "index-data", "train-mask", "train-gender", "train-age", "ensemble-infer", "export",
+        "index-data", "train-mask", "train-gender", "train-age", "condition-branches-1",
     }  # fmt: skip
+    assert params["infer_backend"] == "auto" and params["export"] is True
     assert "secretAsEnv" in json.dumps(spec["platform_spec"])
     out = capsys.readouterr().out
     assert f"{fake_kfp.url}/#/runs/details/run-1" in out
@@ -372,3 +373,9 @@ def test_compile_into_an_unwritable_place_names_the_path(blocker, tmp_path, caps
         target = Path("/proc/maskpipe-no-such-folder/pipeline.yaml")  # not writable, even as root
     err = run_failing(["compile", "-o", str(target)], capsys)
     assert f"cannot write {target}" in err and "-o" in err
+
+
+def test_onnx_inference_without_the_export_is_refused_before_any_request(fake_kfp, capsys):
+    err = run_failing(submit_args(fake_kfp, "--no-export", "--infer-backend", "onnx"), capsys)
+    assert "--infer-backend onnx" in err and "--no-export" in err
+    assert not fake_kfp.requests

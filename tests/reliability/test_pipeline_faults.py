@@ -62,6 +62,9 @@ def test_bad_override_names_the_training_step_and_a_rerun_after_the_fix_works(ti
     submission = pd.read_csv(run.submission)
     assert len(submission) == 4
     assert run.run_dir.parent == out.resolve() / "runs"
+    # export=false: the no-export branch's ensemble-infer ran the checkpoints, nothing exported
+    assert run.model_dir is None and not (run.run_dir / "export-model").exists()
+    assert "running the three checkpoints, torch backend" in run.log_path.read_text()
 
 
 @pytest.mark.slow
