@@ -25,6 +25,11 @@ _TRAINING_LINE = re.compile(r"^(?:mask|gender|age)(?: epoch \d+/\d+: train loss 
 TAIL_LINES = 15
 
 
+def quoted_tail(lines: List[str]) -> List[str]:
+    """The end of a failed step's log as a failure message quotes it (either runner)."""
+    return ["last lines of its log:", *(f"  | {line}" for line in lines[-TAIL_LINES:])]
+
+
 def format_duration(seconds: float) -> str:
     """``42.0 s``, ``3 min 05 s``: short enough for a step line, exact enough to compare."""
     if seconds < 60:

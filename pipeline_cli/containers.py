@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional
 
+from pipeline_cli.console import TAIL_LINES, quoted_tail
+
 # Where docker/engine/setup-podman.sh serves podman's Docker-compatible API.
 PODMAN_SOCKET = "/run/maskpipe/podman.sock"
 DOCKER_SOCKET = "/var/run/docker.sock"
@@ -45,7 +47,6 @@ PASSED_ENV_NAMES = (
     "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL",
     "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION",
 )  # fmt: skip
-LOG_TAIL_LINES = 30
 
 
 class ContainerEngineError(RuntimeError):
@@ -361,7 +362,7 @@ def _run_step_container(client, image: str, command: List[str], volumes: Dict[st
         output_file = Path(executor_input["outputs"]["outputFile"])
         if not output_file.is_file():
             problem = f"exited 0 but wrote no {output_file.name} (its outputs are missing)"
-    tail = "\n".join(log.rstrip().splitlines()[-LOG_TAIL_LINES:])
+    tail = "\n".join(log.rstrip().splitlines()[-TAIL_LINES:])
     return StepResult(task_dir, exit_code, tail, log_path, problem=problem)
 
 
@@ -383,7 +384,7 @@ def failure_message(step: str, key: str, result: StepResult, image: str) -> str:
     how = result.problem or f"exit code {result.exit_code}"
     lines = [f"step {step} (task {key}) failed in image {image}: {how}"]
     if result.log_tail.strip():
-        lines += ["last lines of its log:", *("    " + l for l in result.log_tail.splitlines())]
+        lines += quoted_tail(result.log_tail.splitlines())
     if result.log_path is not None:
         lines.append(f"its full log: {result.log_path}")
     return "\n".join(lines)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional
 
 from pipeline import LOCAL_OPTIONS, TASKS, PipelineOptions, make_pipeline
-from pipeline_cli.console import ANSI, TAIL_LINES, StepConsole, console_to
+from pipeline_cli.console import ANSI, StepConsole, console_to, quoted_tail
 
 
 class PipelineRunError(RuntimeError):
@@ -225,8 +225,7 @@ def _failure_message(error: str, console: StepConsole, log_path: Path) -> str:
     cause = causes[-1] if causes else ANSI.sub("", error).strip()
     lines = [f"step {step} (task {key}) failed: {cause}"]
     if step_log:
-        lines.append("last lines of its log:")
-        lines += [f"  | {line}" for line in step_log[-TAIL_LINES:]]
+        lines += quoted_tail(step_log)
     lines.append(f"full log: {log_path}")
     return "\n".join(lines)
 

@@ -144,7 +144,7 @@ def test_a_failed_step_message_has_step_exit_code_log_tail_and_log_path(tmp_path
     message = containers.failure_message("train-age", "train-model-3", result, "localhost/maskpipe:dev")
     lines = message.splitlines()
     assert lines[0] == "step train-age (task train-model-3) failed in image localhost/maskpipe:dev: exit code 3"
-    assert lines[-3:] == ["    loading", "    ValueError: bad value", f"its full log: {tmp_path / 'container.log'}"]
+    assert lines[-3:] == ["  | loading", "  | ValueError: bad value", f"its full log: {tmp_path / 'container.log'}"]
 
 
 # ---------------------------------------------------------------- make image without an engine
