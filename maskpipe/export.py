@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import platform
 import shutil
 import tempfile
@@ -33,7 +32,7 @@ from typing import Iterator, Mapping
 import torch
 
 from maskpipe import __version__
-from maskpipe.atomic import write_json
+from maskpipe.atomic import replace_dir, write_json
 from maskpipe.checkpoint import CONFIG_FILE, META_FILE, WEIGHTS_FILE, LoadedCheckpoint
 from maskpipe.data.resize import RESIZE_RULE
 from maskpipe.errors import MaskpipeError
@@ -119,7 +118,7 @@ def export_model(
             _copy_checkpoint(loaded[task].path, building / CHECKPOINTS_DIR / task)
         card = _card(loaded, crop, size, tta, opset, list_files(building))
         write_json(building / CARD_FILE, card)
-        _replace_dir(building, out_dir)
+        replace_dir(building, out_dir)
     finally:
         shutil.rmtree(building, ignore_errors=True)
     log.info("exported %s in %.1f s", out_dir, time.perf_counter() - start)
@@ -195,6 +194,7 @@ def _card(
         "name": "maskpipe",
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "onnx_file": ONNX_FILE,
+        "precision": "fp32",
         "opset": opset,
         "input": {
             "name": INPUT_NAME,
@@ -237,16 +237,3 @@ def _package_versions() -> dict[str, str]:
         except PackageNotFoundError:
             versions[name] = __version__ if name == "maskpipe" else "not installed"
     return versions
-
-
-def _replace_dir(built: Path, target: Path) -> None:
-    """Put ``built`` at ``target``: a rename, with an existing target moved aside first."""
-    if target.exists() and not target.is_dir():
-        raise MaskpipeError(f"{target} exists and is not a folder; choose another -o")
-    old = None
-    if target.exists():
-        old = target.with_name(f".{target.name}.old-{os.getpid()}")
-        os.replace(target, old)
-    os.replace(built, target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
