@@ -27,7 +27,7 @@ import time
 import warnings
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Iterator, Mapping
+from typing import Iterator, Mapping, Sequence
 
 import torch
 
@@ -36,6 +36,7 @@ from maskpipe.atomic import replace_dir, write_json
 from maskpipe.checkpoint import CONFIG_FILE, META_FILE, WEIGHTS_FILE, LoadedCheckpoint
 from maskpipe.data.resize import RESIZE_RULE
 from maskpipe.errors import MaskpipeError
+from maskpipe.quantize import CALIBRATION_HELP, CALIBRATION_IMAGES, CalibrationError, add_int8_graph
 from maskpipe.labels import CLASS_NAMES, NUM_CLASSES, TASK_CLASS_NAMES, TASKS
 from maskpipe.model_card import (
     CARD_FILE,
@@ -93,18 +94,36 @@ def export_model(
     *,
     tta: bool = True,
     opset: int = OPSET,
+    quantize: str | None = None,
+    calibration_paths: Sequence[str | Path] = (),
+    calibration_images: int = CALIBRATION_IMAGES,
+    calibration_source: str | None = None,
 ) -> Path:
     """Write ``model.onnx``, copies of the three checkpoints and ``model.json`` to ``out_dir``.
 
     The folder is built beside ``out_dir`` and renamed into place at the end, so an
     interrupted export leaves the previous model folder (or none), never half of one.
 
+    Args:
+        quantize: ``"int8"`` also writes ``model.int8.onnx`` (:mod:`maskpipe.quantize`) and
+            makes it the graph the folder runs; ``model.onnx`` stays as the fp32 reference.
+        calibration_paths: photos to calibrate and check the int8 graph with (``quantize``).
+        calibration_images: photos per half of the calibration sample.
+        calibration_source: where the calibration photos came from, for the card.
+
     Raises:
         CheckpointError: a checkpoint is missing, corrupt or of another task.
         MaskpipeError: the checkpoints disagree on the input geometry, or the export fails.
+        CalibrationError: ``quantize`` without at least 2 calibration photos.
     """
     from maskpipe.ensemble import load_task_models
 
+    if quantize not in (None, "int8"):
+        raise MaskpipeError(f"quantize must be 'int8' or None, got {quantize!r}")
+    if quantize and len(calibration_paths) < 2:
+        raise CalibrationError(
+            f"int8 export needs calibration photos (at least 2), got {len(calibration_paths)}; {CALIBRATION_HELP}"
+        )
     start = time.perf_counter()
     loaded = load_task_models(checkpoints, torch.device("cpu"))
     crop, size = _common_view(loaded)
@@ -118,6 +137,10 @@ def export_model(
             _copy_checkpoint(loaded[task].path, building / CHECKPOINTS_DIR / task)
         card = _card(loaded, crop, size, tta, opset, list_files(building))
         write_json(building / CARD_FILE, card)
+        if quantize:
+            add_int8_graph(
+                building, calibration_paths, images=calibration_images, calibration_source=calibration_source
+            )
         replace_dir(building, out_dir)
     finally:
         shutil.rmtree(building, ignore_errors=True)
