@@ -13,9 +13,12 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
+
+from maskpipe.errors import MaskpipeError
 
 
 @contextlib.contextmanager
@@ -98,3 +101,17 @@ def sha256_file(path: str | os.PathLike[str], chunk_size: int = 1 << 20) -> str:
         while chunk := handle.read(chunk_size):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def replace_dir(built: Path, target: Path) -> None:
+    """Put the finished folder ``built`` at ``target``: a rename, with an existing target moved
+    aside first and removed after, so a reader finds the old folder or the new one."""
+    if target.exists() and not target.is_dir():
+        raise MaskpipeError(f"{target} exists and is not a folder; choose another output folder")
+    old = None
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        os.replace(target, old)
+    os.replace(built, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

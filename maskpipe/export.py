@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import platform
 import shutil
 import tempfile
@@ -28,15 +27,16 @@ import time
 import warnings
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Iterator, Mapping
+from typing import Iterator, Mapping, Sequence
 
 import torch
 
 from maskpipe import __version__
-from maskpipe.atomic import write_json
+from maskpipe.atomic import replace_dir, write_json
 from maskpipe.checkpoint import CONFIG_FILE, META_FILE, WEIGHTS_FILE, LoadedCheckpoint
 from maskpipe.data.resize import RESIZE_RULE
 from maskpipe.errors import MaskpipeError
+from maskpipe.quantize import CALIBRATION_HELP, CALIBRATION_IMAGES, CalibrationError, add_int8_graph
 from maskpipe.labels import CLASS_NAMES, NUM_CLASSES, TASK_CLASS_NAMES, TASKS
 from maskpipe.model_card import (
     CARD_FILE,
@@ -94,18 +94,36 @@ def export_model(
     *,
     tta: bool = True,
     opset: int = OPSET,
+    quantize: str | None = None,
+    calibration_paths: Sequence[str | Path] = (),
+    calibration_images: int = CALIBRATION_IMAGES,
+    calibration_source: str | None = None,
 ) -> Path:
     """Write ``model.onnx``, copies of the three checkpoints and ``model.json`` to ``out_dir``.
 
     The folder is built beside ``out_dir`` and renamed into place at the end, so an
     interrupted export leaves the previous model folder (or none), never half of one.
 
+    Args:
+        quantize: ``"int8"`` also writes ``model.int8.onnx`` (:mod:`maskpipe.quantize`) and
+            makes it the graph the folder runs; ``model.onnx`` stays as the fp32 reference.
+        calibration_paths: photos to calibrate and check the int8 graph with (``quantize``).
+        calibration_images: photos per half of the calibration sample.
+        calibration_source: where the calibration photos came from, for the card.
+
     Raises:
         CheckpointError: a checkpoint is missing, corrupt or of another task.
         MaskpipeError: the checkpoints disagree on the input geometry, or the export fails.
+        CalibrationError: ``quantize`` without at least 2 calibration photos.
     """
     from maskpipe.ensemble import load_task_models
 
+    if quantize not in (None, "int8"):
+        raise MaskpipeError(f"quantize must be 'int8' or None, got {quantize!r}")
+    if quantize and len(calibration_paths) < 2:
+        raise CalibrationError(
+            f"int8 export needs calibration photos (at least 2), got {len(calibration_paths)}; {CALIBRATION_HELP}"
+        )
     start = time.perf_counter()
     loaded = load_task_models(checkpoints, torch.device("cpu"))
     crop, size = _common_view(loaded)
@@ -119,7 +137,11 @@ def export_model(
             _copy_checkpoint(loaded[task].path, building / CHECKPOINTS_DIR / task)
         card = _card(loaded, crop, size, tta, opset, list_files(building))
         write_json(building / CARD_FILE, card)
-        _replace_dir(building, out_dir)
+        if quantize:
+            add_int8_graph(
+                building, calibration_paths, images=calibration_images, calibration_source=calibration_source
+            )
+        replace_dir(building, out_dir)
     finally:
         shutil.rmtree(building, ignore_errors=True)
     log.info("exported %s in %.1f s", out_dir, time.perf_counter() - start)
@@ -195,6 +217,7 @@ def _card(
         "name": "maskpipe",
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "onnx_file": ONNX_FILE,
+        "precision": "fp32",
         "opset": opset,
         "input": {
             "name": INPUT_NAME,
@@ -237,16 +260,3 @@ def _package_versions() -> dict[str, str]:
         except PackageNotFoundError:
             versions[name] = __version__ if name == "maskpipe" else "not installed"
     return versions
-
-
-def _replace_dir(built: Path, target: Path) -> None:
-    """Put ``built`` at ``target``: a rename, with an existing target moved aside first."""
-    if target.exists() and not target.is_dir():
-        raise MaskpipeError(f"{target} exists and is not a folder; choose another -o")
-    old = None
-    if target.exists():
-        old = target.with_name(f".{target.name}.old-{os.getpid()}")
-        os.replace(target, old)
-    os.replace(built, target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)

@@ -5,6 +5,10 @@ A model folder holds
 * ``model.onnx`` - the whole ensemble as one graph: a uint8 NHWC image batch at the models'
   input size in; normalisation, the three task models and (optionally) flip TTA inside; out
   the 18-class id, the three task probability vectors and the 18-class probabilities;
+* ``model.int8.onnx`` (only after ``maskpipe export --quantize int8``) - the same graph with
+  int8 weights and activations (:mod:`maskpipe.quantize`); the card's ``onnx_file`` then names
+  it, ``precision`` says ``int8`` and ``quantization`` records how it was made and how often it
+  agrees with ``model.onnx``, which stays as the fp32 reference;
 * ``checkpoints/{mask,gender,age}/`` - the three source checkpoints, for the torch backend
   (a GPU node) and for provenance;
 * ``model.json`` - the card: class names, input size and resize rule, the source checkpoints
@@ -28,6 +32,9 @@ from maskpipe.errors import MaskpipeError
 
 CARD_FILE = "model.json"
 ONNX_FILE = "model.onnx"
+# The int8 graph `maskpipe export --quantize int8` writes beside the fp32 one (maskpipe.quantize).
+INT8_ONNX_FILE = "model.int8.onnx"
+PRECISIONS = ("fp32", "int8")
 CHECKPOINTS_DIR = "checkpoints"
 CARD_FORMAT = 1
 # Graph inputs and outputs, by name (the serving protocols and the card use the same names).
@@ -69,8 +76,19 @@ class ModelCard:
         return bool(self.data["tta"])
 
     @property
+    def onnx_file(self) -> str:
+        """The graph the onnx backend runs: ``model.onnx``, or ``model.int8.onnx`` for an int8
+        folder (whose ``model.onnx`` stays as the fp32 reference). Older cards name none."""
+        return str(self.data.get("onnx_file", ONNX_FILE))
+
+    @property
     def onnx_path(self) -> Path:
-        return self.folder / ONNX_FILE
+        return self.folder / self.onnx_file
+
+    @property
+    def precision(self) -> str:
+        """``fp32`` or ``int8`` (the graph ``onnx_file`` names); cards before int8 say none."""
+        return str(self.data.get("precision", "fp32"))
 
     def checkpoint_dir(self, task: str) -> Path:
         return self.folder / CHECKPOINTS_DIR / task
@@ -122,9 +140,25 @@ def read_model_dir(model_dir: str | Path, *, verify: bool = True) -> ModelCard:
     for key in ("input", "tta", "files", "class_names", "task_class_names", "sources"):
         if key not in data:
             raise ModelDirError(f"{card_path} lacks the key {key!r}; {_EXPORT_HINT}")
+    card = ModelCard(folder=folder, data=data)
+    _check_graph_fields(card, card_path)
     if verify:
         _verify_files(folder, data["files"])
-    return ModelCard(folder=folder, data=data)
+    return card
+
+
+def _check_graph_fields(card: ModelCard, card_path: Path) -> None:
+    if card.precision not in PRECISIONS:
+        raise ModelDirError(
+            f"{card_path} has precision {card.precision!r}; this maskpipe runs {' or '.join(PRECISIONS)}; "
+            f"{_EXPORT_HINT}"
+        )
+    # The graph to run must be one of the hashed files, named as a plain file in the folder.
+    if "/" in card.onnx_file or "\\" in card.onnx_file or card.onnx_file not in card.data["files"]:
+        raise ModelDirError(
+            f"{card_path} names the graph {card.onnx_file!r}, which is not a file its list covers; "
+            f"{_EXPORT_HINT}"
+        )
 
 
 def _verify_files(folder: Path, files: dict[str, str]) -> None:

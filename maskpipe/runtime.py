@@ -2,13 +2,15 @@
 
 Both backends take what :func:`maskpipe.data.resize.decode_views` gives for the folder's one
 view, stacked into a uint8 NHWC batch, and return the graph's outputs by name
-(:data:`maskpipe.model_card.OUTPUT_NAMES`). ``onnx`` (ONNX Runtime, CPU) is the default and
-needs no torch; ``torch`` runs the folder's copies of the checkpoints through
+(:data:`maskpipe.model_card.OUTPUT_NAMES`). ``onnx`` (ONNX Runtime, CPU) is the default, runs
+the graph the card's ``onnx_file`` names (fp32, or int8 after ``--quantize int8``) and needs no
+torch; ``torch`` runs the folder's copies of the checkpoints through
 :mod:`maskpipe.ensemble` (a GPU node), with the same TTA setting the graph was exported with.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any, Protocol
 
@@ -16,6 +18,8 @@ import numpy as np
 
 from maskpipe.errors import MaskpipeError
 from maskpipe.model_card import INPUT_NAME, OUTPUT_NAMES, ModelCard, read_model_dir
+
+log = logging.getLogger(__name__)
 
 BACKENDS = ("onnx", "torch")
 
@@ -31,30 +35,33 @@ class EnsembleBackend(Protocol):
 class OnnxEnsemble:
     """The exported graph under ONNX Runtime (CPU)."""
 
-    name = "onnx"
-
     def __init__(self, card: ModelCard, threads: int | None = None) -> None:
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if threads:
-            options.intra_op_num_threads = threads
         self.card = card
-        try:
-            self.session = ort.InferenceSession(
-                str(card.onnx_path), sess_options=options, providers=["CPUExecutionProvider"]
-            )
-        except Exception as exc:  # ORT raises its own Fail/InvalidGraph types
-            raise MaskpipeError(
-                f"ONNX Runtime cannot load {card.onnx_path} ({type(exc).__name__}: {exc}); "
-                "export the model again with this maskpipe"
-            ) from None
+        # The name logs and summaries carry, so an int8 run is never mistaken for an fp32 one.
+        self.name = "onnx" if card.precision == "fp32" else f"onnx {card.precision}"
+        self.session = open_session(card.onnx_path, threads)
 
     def predict(self, images: np.ndarray) -> dict[str, np.ndarray]:
         check_batch(images, self.card)
         outputs = self.session.run(list(OUTPUT_NAMES), {INPUT_NAME: images})
         return dict(zip(OUTPUT_NAMES, outputs))
+
+
+def open_session(onnx_path: str | os.PathLike[str], threads: int | None = None) -> Any:
+    """An ONNX Runtime CPU session on ``onnx_path`` with every graph optimisation on."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads:
+        options.intra_op_num_threads = threads
+    try:
+        return ort.InferenceSession(str(onnx_path), sess_options=options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # ORT raises its own Fail/InvalidGraph types
+        raise MaskpipeError(
+            f"ONNX Runtime cannot load {onnx_path} ({type(exc).__name__}: {exc}); "
+            "export the model again with this maskpipe"
+        ) from None
 
 
 class TorchEnsemble:
@@ -128,6 +135,11 @@ def open_backend(
         if device not in ("auto", "cpu"):
             raise MaskpipeError(f"the onnx backend runs on the CPU; device {device!r} needs --backend torch")
         return OnnxEnsemble(card, threads=threads)
+    if card.precision != "fp32":
+        log.info(
+            "%s holds an %s graph; the torch backend runs the fp32 checkpoints beside it "
+            "(--backend onnx runs %s)", card.folder, card.precision, card.onnx_file,
+        )  # fmt: skip
     try:
         return TorchEnsemble(card, device=device)
     except ImportError as exc:  # the slim serving environment has no torch

@@ -250,7 +250,7 @@ def test_benchmark_quick_run_prints_the_speedup_last(tmp_path, capsys, monkeypat
     assert code == 0
     assert lines[-1].startswith("inference speedup: ")
     # every path maskpipe infer offers stays in the table; the last line is the fastest one's
-    for path in ("original per-image loop", "batched ensemble (torch)", "exported graph (onnx)"):
+    for path in ("original per-image loop", "batched ensemble (torch)", "exported graph (onnx)", "exported graph int8 (onnx)"):
         assert any(line.startswith(f"{path}:") and "images/s" in line for line in lines), path
     assert lines[-2].startswith("fastest path: ")
     ratio = lines[-1].removeprefix("inference speedup: ")

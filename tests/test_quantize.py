@@ -1,0 +1,187 @@
+"""`maskpipe export --quantize int8`: an int8 graph beside the fp32 one, calibrated and measured
+on photos, run by the onnx backend, covered by the card's sha256 list."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from maskpipe.cli import main
+from maskpipe.data.resize import decode_views
+from maskpipe.labels import TASKS
+from maskpipe.model_card import CARD_FILE, INT8_ONNX_FILE, ONNX_FILE, ModelDirError, read_model_dir
+from maskpipe.quantize import find_calibration_images, quantize_model_dir, split_calibration
+from maskpipe.runtime import open_backend
+from cli_helpers import cli_error
+from tiny import one_torch_thread  # noqa: F401  (an autouse fixture)
+
+# Photos per half of the calibration sample: the synthetic root's 28 training photos give 14
+# to calibrate and 14 to check.
+CALIBRATION_IMAGES = 14
+# The tiny untrained models have near-tied probabilities on many photos, so int8 rounding may
+# flip a few answers; 90% allows 4 of the 42 eval photos. A broken quantization (wrong input
+# scale, a graph that ignores the photo) agrees on far fewer: the models give varied answers.
+MIN_INFER_AGREEMENT = 0.90
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory) -> Path:
+    """28 training photos (4 people) to calibrate with, 42 eval photos (6 people) to infer on."""
+    from maskpipe.data.synth import generate
+
+    root = tmp_path_factory.mktemp("quantize-data")
+    generate(root, people=4, eval_people=6, size=(96, 128))
+    return root
+
+
+@pytest.fixture(scope="module")
+def int8_model(serving_checkpoints, data_root, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("int8-export") / "model"
+    flags = [arg for task in TASKS for arg in (f"--{task}", str(serving_checkpoints[task]))]
+    code = main(
+        ["export", *flags, "-o", str(out), "--quantize", "int8", "--calibration", str(data_root),
+         "--calibration-images", str(CALIBRATION_IMAGES)]
+    )  # fmt: skip
+    assert code == 0
+    return out
+
+
+def _infer(tmp_path: Path, name: str, model: Path, data_root: Path, capsys) -> tuple[pd.DataFrame, pd.DataFrame, str]:
+    out, probs = tmp_path / f"{name}.csv", tmp_path / f"{name}.parquet"
+    code = main(["infer", "--model", str(model), "--data", str(data_root), "-o", str(out), "--probs", str(probs), "--workers", "0"])
+    assert code == 0
+    return pd.read_csv(out), pd.read_parquet(probs), capsys.readouterr().out
+
+
+def test_int8_export_keeps_the_fp32_graph_and_the_card_names_the_int8_one(int8_model, data_root):
+    card = json.loads((int8_model / CARD_FILE).read_text())
+    assert card["precision"] == "int8" and card["onnx_file"] == INT8_ONNX_FILE
+    assert {ONNX_FILE, INT8_ONNX_FILE} <= set(card["files"])
+    assert (int8_model / ONNX_FILE).is_file() and (int8_model / INT8_ONNX_FILE).is_file()
+    quantization = card["quantization"]
+    assert quantization["reference_file"] == ONNX_FILE
+    assert quantization["calibration_images"] == quantization["check_images"] == CALIBRATION_IMAGES
+    assert quantization["calibration_source"] == str(data_root)
+    assert quantization["onnxruntime"] == card["packages"]["onnxruntime"]
+    assert "QDQ" in quantization["method"] and quantization["op_types"] == ["Conv", "MatMul", "Gemm"]
+    assert set(quantization["agreement"]) == {"class", *TASKS}
+    assert "rough figure" in quantization["note"]  # 14 held-out photos are few, and it says so
+
+
+def test_infer_on_the_int8_folder_runs_int8_and_agrees_with_fp32(int8_model, exported_model, data_root, tmp_path, capsys):
+    fp32_sub, fp32_probs, _ = _infer(tmp_path, "fp32", exported_model, data_root, capsys)
+    int8_sub, int8_probs, summary = _infer(tmp_path, "int8", int8_model, data_root, capsys)
+    assert "(onnx int8)" in summary
+    assert len(fp32_sub) == 42 and fp32_sub["ans"].nunique() > 1  # varied answers, or agreement means little
+    agreement = (fp32_sub["ans"] == int8_sub["ans"]).mean()
+    assert agreement >= MIN_INFER_AGREEMENT, f"int8 agrees with fp32 on {agreement:.1%}"
+    columns = [c for c in fp32_probs.columns if c != "image_id"]
+    # Different numbers prove another graph ran; small ones that it is the same model.
+    difference = np.abs(fp32_probs[columns].to_numpy() - int8_probs[columns].to_numpy()).max()
+    assert 0 < difference < 0.5
+
+
+def test_card_agreement_is_the_agreement_on_the_held_out_photos(int8_model, exported_model, data_root):
+    card = read_model_dir(int8_model)
+    _, held_out = split_calibration(find_calibration_images(data_root), CALIBRATION_IMAGES)
+    images = np.stack([decode_views(path, [card.view])[0] for path in held_out])
+    fp32, int8 = open_backend(exported_model).predict(images), open_backend(int8_model).predict(images)
+    recorded = card.data["quantization"]
+    assert recorded["agreement"]["class"] == pytest.approx(np.mean(fp32["class"] == int8["class"]))
+    for task in TASKS:
+        expected = np.mean(fp32[f"{task}_probs"].argmax(1) == int8[f"{task}_probs"].argmax(1))
+        assert recorded["agreement"][task] == pytest.approx(expected)
+        measured = np.abs(fp32[f"{task}_probs"] - int8[f"{task}_probs"]).max()
+        assert recorded["max_abs_prob_difference"][f"{task}_probs"] == pytest.approx(measured, abs=1e-5)
+
+
+def test_calibration_and_check_photos_are_disjoint_and_independent_of_order(data_root):
+    photos = find_calibration_images(data_root)
+    calibrate, check = split_calibration(photos, 10)
+    assert (calibrate, check) == split_calibration(list(reversed(photos)), 10)
+    assert len(calibrate) == len(check) == 10 and not set(calibrate) & set(check)
+    assert all("/train/images/" in path.as_posix() for path in photos)  # a data root: its training photos
+
+
+def test_an_altered_int8_graph_is_refused_naming_it(int8_model, tmp_path):
+    copy = tmp_path / "model"
+    shutil.copytree(int8_model, copy)
+    target = copy / INT8_ONNX_FILE
+    data = bytearray(target.read_bytes())
+    data[-1] ^= 0xFF
+    target.write_bytes(bytes(data))
+    with pytest.raises(ModelDirError, match="altered") as caught:
+        read_model_dir(copy)
+    assert str(target) in str(caught.value)
+
+
+def test_a_card_naming_a_graph_outside_its_file_list_is_refused(exported_model, tmp_path):
+    copy = tmp_path / "model"
+    shutil.copytree(exported_model, copy)
+    card = json.loads((copy / CARD_FILE).read_text())
+    (copy / CARD_FILE).write_text(json.dumps({**card, "onnx_file": "../elsewhere.onnx"}))
+    with pytest.raises(ModelDirError, match="not a file its list covers"):
+        read_model_dir(copy)
+
+
+def test_quantize_model_dir_writes_an_int8_copy_and_leaves_the_source_fp32(exported_model, data_root, tmp_path):
+    photos = find_calibration_images(data_root)
+    out = quantize_model_dir(exported_model, photos, out_dir=tmp_path / "int8", images=4)
+    assert read_model_dir(out).precision == "int8" and read_model_dir(out).data["quantization"]["check_images"] == 4
+    source = read_model_dir(exported_model)
+    assert source.precision == "fp32" and not (exported_model / INT8_ONNX_FILE).exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no build folder left behind
+
+
+def test_default_export_is_fp32_without_an_int8_graph(exported_model):
+    card = read_model_dir(exported_model)
+    assert card.precision == "fp32" and card.onnx_path == exported_model / ONNX_FILE
+    assert "quantization" not in card.data and INT8_ONNX_FILE not in card.data["files"]
+    assert open_backend(exported_model).name == "onnx"
+
+
+def test_a_card_from_before_int8_reads_as_fp32(exported_model, tmp_path):
+    copy = tmp_path / "model"
+    shutil.copytree(exported_model, copy)
+    card = json.loads((copy / CARD_FILE).read_text())
+    del card["precision"], card["onnx_file"]
+    (copy / CARD_FILE).write_text(json.dumps(card))
+    assert read_model_dir(copy).precision == "fp32" and read_model_dir(copy).onnx_path == copy / ONNX_FILE
+
+
+def test_quantize_without_calibration_is_a_usage_error(serving_checkpoints, tmp_path, capsys):
+    flags = [arg for task in TASKS for arg in (f"--{task}", str(serving_checkpoints[task]))]
+    line = cli_error(capsys, "export", *flags, "-o", str(tmp_path / "model"), "--quantize", "int8")
+    assert "--calibration" in line
+    assert not (tmp_path / "model").exists()
+
+
+@pytest.mark.parametrize("case", ["no photos", "missing"])
+def test_a_calibration_folder_without_photos_is_a_clear_error_naming_it(serving_checkpoints, tmp_path, capsys, case):
+    folder = tmp_path / "calibration"
+    if case == "no photos":
+        (folder / "sub").mkdir(parents=True)
+        (folder / "sub" / "notes.txt").write_text("not a photo")
+        (folder / ".hidden.jpg").write_bytes(b"")
+    flags = [arg for task in TASKS for arg in (f"--{task}", str(serving_checkpoints[task]))]
+    line = cli_error(capsys, "export", *flags, "-o", str(tmp_path / "model"), "--quantize", "int8", "--calibration", str(folder))
+    assert str(folder) in line and ".jpg" in line
+    assert not (tmp_path / "model").exists()
+
+
+def test_running_an_int8_folder_imports_no_torch(int8_model):
+    # The serving image has ONNX Runtime and no torch.
+    code = (
+        "import sys; from maskpipe.runtime import open_backend; import maskpipe.quantize; "
+        f"b = open_backend({str(int8_model)!r}); assert b.name == 'onnx int8', b.name; "
+        "assert 'torch' not in sys.modules, 'torch was imported'"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
