@@ -110,6 +110,7 @@ def make_pipeline(options: PipelineOptions = PipelineOptions()):
         overrides: List[str] = [],
         resume_bucket: str = "",
         export: bool = True,
+        export_precision: str = "fp32",
         infer_backend: str = "auto",
         deploy: bool = False,
         deploy_name: str = "maskpipe",
@@ -131,6 +132,8 @@ def make_pipeline(options: PipelineOptions = PipelineOptions()):
             overrides: Extra key=value config overrides, applied last.
             resume_bucket: Bucket for per-epoch resume state of retried training pods.
             export: Export the three models as one ONNX model folder (the served model).
+            export_precision: fp32, or int8 (ONNX Runtime static quantization calibrated on
+                training photos; ensemble-infer then scores the int8 graph on a CPU node).
             infer_backend: How ensemble-infer runs the models: auto (the exported graph under
                 ONNX Runtime on a CPU node, torch on a GPU node; the checkpoints under torch
                 with export=false), onnx or torch.
@@ -183,8 +186,9 @@ def make_pipeline(options: PipelineOptions = PipelineOptions()):
         # `== True`: a KFP condition on a run parameter, compiled, not a Python comparison.
         with dsl.If(export == True, name="export"):  # noqa: E712
             export_task = export_model(
-                mask_model=models["mask"], gender_model=models["gender"], age_model=models["age"], tta=tta
-            )
+                mask_model=models["mask"], gender_model=models["gender"], age_model=models["age"],
+                index=index_task.outputs["index"], tta=tta, precision=export_precision,
+            )  # fmt: skip
             export_task.set_display_name("export-model")
             _configure(export_task, options, options.export_resources, gpu=False)
             # The ensemble scores the exported model folder: the submission and validation

@@ -92,6 +92,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA only)")
     parser.add_argument("--work-dir", type=Path, help="where images and checkpoints go (temp dir)")
     parser.add_argument(
+        "--data", type=Path,
+        help="a data root in the competition layout: time its eval/images (the first --images, "
+        "sorted) and calibrate int8 on its train/images, instead of generated photos",
+    )
+    for task in ("mask", "gender", "age"):
+        parser.add_argument(
+            f"--{task}", type=Path,
+            help=f"a trained {task} checkpoint folder (all three, or none: untrained resnet10t)",
+        )
+    parser.add_argument(
         "--calibration-images", type=int,
         help="int8 calibration photos per half, as maskpipe export's flag (128; --quick 4)",
     )
@@ -102,6 +112,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.rounds = 1 if args.quick else 2
     if args.calibration_images is None:
         args.calibration_images = 4 if args.quick else 128
+    given = [task for task in ("mask", "gender", "age") if getattr(args, task) is not None]
+    if given and len(given) != 3:
+        parser.error("give all three of --mask, --gender and --age, or none")
     if min(args.images, args.batch_size, args.rounds) < 1:
         parser.error("--images, --batch-size and --rounds must be >= 1")
     return args
@@ -129,6 +142,21 @@ def write_images(folder: Path, count: int, size: tuple[int, int], seed: int = 0)
         Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(path, quality=95)
         paths.append(path)
     return paths
+
+
+def eval_photos(data_root: Path, count: int) -> list[Path]:
+    """The first ``count`` photos of ``data_root/eval/images`` (sorted by name)."""
+    folder = data_root / "eval" / "images"
+    photos = sorted(p for p in folder.glob("*") if p.suffix.lower() in {".jpg", ".jpeg", ".png"})
+    if not photos:
+        raise BenchmarkError(f"{folder} holds no .jpg/.jpeg/.png photos; --data needs a data root with eval/images")
+    return photos[:count]
+
+
+def photos_label(args: argparse.Namespace) -> str:
+    if args.data is not None:
+        return f"eval photos of {args.data}"
+    return f"JPEGs of {args.image_size[0]}x{args.image_size[1]}"
 
 
 def write_checkpoints(folder: Path, arch: str, input_size: tuple[int, int] | None) -> dict[str, Path]:
@@ -222,23 +250,34 @@ def run(args: argparse.Namespace, work_dir: Path) -> float:
         raise BenchmarkError("--bf16 was asked for but this GPU does not support bf16")
     if args.threads:
         torch.set_num_threads(args.threads)
-    paths = write_images(work_dir / "images", args.images, args.image_size)
-    checkpoints = write_checkpoints(work_dir / "checkpoints", args.arch, args.input_size)
-    input_size = load_checkpoint(checkpoints["mask"]).input_size
+    if args.data is not None:
+        paths = eval_photos(args.data, args.images)
+    else:
+        paths = write_images(work_dir / "images", args.images, args.image_size)
+    if args.mask is not None:
+        checkpoints = {task: getattr(args, task) for task in ("mask", "gender", "age")}
+    else:
+        checkpoints = write_checkpoints(work_dir / "checkpoints", args.arch, args.input_size)
+    first = load_checkpoint(checkpoints["mask"])
+    input_size, arch = first.input_size, first.config.model.arch
 
     # ONNX Runtime runs on the CPU; on CUDA the torch paths are what maskpipe infer offers.
     model_dir = int8_dir = None
     if device.type == "cpu":
         from maskpipe.export import export_model
 
-        from maskpipe.quantize import quantize_model_dir
+        from maskpipe.quantize import find_calibration_images, quantize_model_dir
 
         model_dir = export_model(checkpoints, work_dir / "exported", tta=False)
-        # Calibration photos of the same kind but not the timed ones (another seed), as a
-        # real export calibrates on training photos and is judged on others.
-        calibration = write_images(
-            work_dir / "calibration", 2 * args.calibration_images, args.image_size, seed=1
-        )
+        # Calibration photos of the same kind but not the timed ones (another seed, or the
+        # training photos of --data), as a real export calibrates on training photos and is
+        # judged on others.
+        if args.data is not None:
+            calibration = find_calibration_images(args.data)  # train/images of a data root
+        else:
+            calibration = write_images(
+                work_dir / "calibration", 2 * args.calibration_images, args.image_size, seed=1
+            )
         int8_dir = quantize_model_dir(
             model_dir, calibration, out_dir=work_dir / "exported-int8", images=args.calibration_images
         )
@@ -269,7 +308,7 @@ def run(args: argparse.Namespace, work_dir: Path) -> float:
     n = len(paths)
     workers = "auto" if args.workers is None else args.workers
     print(
-        f"{n} JPEGs of {args.image_size[0]}x{args.image_size[1]}; 3 x {args.arch} at "
+        f"{n} {photos_label(args)}; 3 x {arch}{' (trained)' if args.mask else ''} at "
         f"{input_size[1]}x{input_size[0]} (WxH); device {device}"
         f"{' bf16' if args.bf16 else ''}; torch threads {torch.get_num_threads()}; "
         f"batch {args.batch_size}; workers {workers}"

@@ -96,6 +96,32 @@ def find_calibration_images(path: str | os.PathLike[str]) -> list[Path]:
     return [root / f for f in photos]
 
 
+def calibration_images_from_index(
+    index_path: str | os.PathLike[str],
+    images: int = CALIBRATION_IMAGES,
+    seed: int = CALIBRATION_SEED,
+    cache_dir: str | os.PathLike[str] | None = None,
+) -> tuple[list[Path], str]:
+    """A pipeline step's calibration photos: a seeded sample of ``2 * images`` training photos
+    of the index ``maskpipe index`` wrote (the ``split == "train"`` people, never the validation
+    ones the ensemble scores), made local (an ``s3://`` data root is fetched into
+    ``cache_dir``, only the sampled photos). Returns the paths and where they came from."""
+    from maskpipe.data.index import read_index
+    from maskpipe.storage import localize
+
+    frame, data_root = read_index(Path(index_path))
+    train = sorted(frame.loc[frame["split"] == "train", "path"].astype(str))
+    if len(train) < 2:
+        raise CalibrationError(
+            f"{index_path} lists {len(train)} training photo(s); int8 calibration needs at least 2 "
+            "(half calibrate, half check the int8 graph against fp32); index more training data"
+        )
+    picked = np.random.default_rng(seed).permutation(len(train))[: 2 * images]
+    rel_paths = [train[i] for i in sorted(picked)]
+    local = localize(data_root, rel_paths, Path(cache_dir) if cache_dir is not None else None)
+    return local, f"{len(rel_paths)} training photos of {data_root} (index {Path(index_path).name})"
+
+
 def split_calibration(
     paths: Sequence[str | os.PathLike[str]], images: int = CALIBRATION_IMAGES, seed: int = CALIBRATION_SEED
 ) -> tuple[list[Path], list[Path]]:

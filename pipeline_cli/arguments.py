@@ -39,6 +39,7 @@ def pipeline_arguments(args: argparse.Namespace) -> Dict[str, Any]:
         "overrides": list(args.overrides),
         "resume_bucket": args.resume_bucket,
         "export": bool(args.export or args.deploy),
+        "export_precision": args.export_precision,
         "infer_backend": args.infer_backend,
         "deploy": bool(args.deploy),
         "deploy_name": args.deploy_name,
@@ -129,6 +130,9 @@ def param_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--resume-bucket", default="", help="bucket for per-epoch resume state")
     g.add_argument("--export", action=argparse.BooleanOptionalAction, default=True,
                    help="export the ONNX model folder after training (default on)")
+    g.add_argument("--export-precision", choices=["fp32", "int8"], default="fp32",
+                   help="int8: add a quantized graph calibrated on training photos (the card "
+                   "records its agreement with fp32); what is served and scored on a CPU")
     g.add_argument("--infer-backend", choices=["auto", "onnx", "torch"], default="auto",
                    help="how ensemble-infer runs the models: auto (default) runs the exported "
                    "model with ONNX Runtime on a CPU node, with torch on a GPU node, and the "

@@ -298,13 +298,35 @@ def test_ensemble_infer_without_eval_data_says_what_is_missing(indexed, trained,
         run_ensemble(no_eval, trained, tmp_path / "out")
 
 
-def export_trained(trained, out: Path, *, tta: bool) -> dsl.Model:
+def export_trained(trained, out: Path, *, tta: bool, **kwargs) -> dsl.Model:
     """What the pipeline's export-model step writes for the ``trained`` checkpoints."""
     from components.export_model import export_model
 
     model = dsl.Model(name="model", uri=str(out / "model"), metadata={})
-    export_model.python_func(**{f"{t}_model": trained[t][0] for t in TASKS}, model=model, tta=tta)
+    export_model.python_func(**{f"{t}_model": trained[t][0] for t in TASKS}, model=model, tta=tta, **kwargs)
     return model
+
+
+@pytest.mark.slow
+def test_int8_export_calibrates_on_training_people_and_the_ensemble_scores_it(indexed, trained, tmp_path):
+    from maskpipe.model_card import read_model_dir
+
+    exported = export_trained(trained, tmp_path, tta=False, index=indexed, precision="int8")
+    card = read_model_dir(exported.path)
+    assert card.precision == "int8" and exported.metadata["precision"] == "int8"
+    measured = card.data["quantization"]
+    assert exported.metadata["int8_agreement_with_fp32"] == measured["agreement"]["class"]
+    assert "training photos of" in measured["calibration_source"]
+    outputs = run_ensemble(indexed, trained, tmp_path / "out", exported_model=exported)
+    assert outputs["submission"].metadata["model"] == "exported model, onnx int8 backend"
+
+
+def test_int8_export_needs_the_index_and_a_known_precision(trained, tmp_path):
+    with pytest.raises(MaskpipeError, match="pass index"):
+        export_trained(trained, tmp_path, tta=False, precision="int8")
+    with pytest.raises(MaskpipeError, match="fp32 or int8"):
+        export_trained(trained, tmp_path, tta=False, precision="fp16")
+    assert not (tmp_path / "model").exists()  # refused before exporting anything
 
 
 @pytest.mark.slow
@@ -384,3 +406,17 @@ def test_image_environment_variable_overrides_the_default():
         env=env, capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
     assert out.strip() == "registry.example/maskpipe:pinned"
+
+
+def test_int8_calibration_photos_are_a_seeded_sample_of_training_people_only(indexed):
+    from maskpipe.data.index import read_index
+    from maskpipe.quantize import calibration_images_from_index
+
+    index_path = Path(indexed.path) / "index.parquet"
+    frame, root = read_index(index_path)
+    photos, source = calibration_images_from_index(index_path, images=4)
+    assert len(photos) == min(8, int((frame["split"] == "train").sum()))
+    rel = {p.relative_to(root).as_posix() for p in photos}
+    assert rel <= set(frame.loc[frame["split"] == "train", "path"])  # never a validation person
+    assert photos == calibration_images_from_index(index_path, images=4)[0]  # seeded
+    assert str(root) in source

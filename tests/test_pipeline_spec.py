@@ -130,8 +130,10 @@ def test_export_runs_after_the_three_trainings_unless_export_is_false(compiled):
     branch, inside = _branch(spec, "export")
     assert branch["triggerPolicy"]["condition"] == "inputs.parameter_values['pipelinechannel--export'] == true"
     artifacts = inside["export-model"]["inputs"]["artifacts"]
-    assert set(artifacts) == {"mask_model", "gender_model", "age_model"}
-    assert inside["export-model"]["inputs"]["parameters"]["tta"] == {"componentInputParameter": "pipelinechannel--tta"}
+    assert set(artifacts) == {"mask_model", "gender_model", "age_model", "index"}  # index: int8 calibration
+    parameters = inside["export-model"]["inputs"]["parameters"]
+    assert parameters["tta"] == {"componentInputParameter": "pipelinechannel--tta"}
+    assert parameters["precision"] == {"componentInputParameter": "pipelinechannel--export_precision"}
     assert container_of_component(spec, "export-model")["image"] == IMAGE
 
 
@@ -327,9 +329,10 @@ def test_pipeline_parameters_and_defaults(compiled):
     assert set(params) == {
         "data_root", "preset", "epochs", "batch_size", "learning_rate", "architecture",
         "image_size", "val_fraction", "seed", "tta", "overrides", "resume_bucket",
-        "export", "infer_backend", "deploy", "deploy_name", "deploy_namespace",
+        "export", "export_precision", "infer_backend", "deploy", "deploy_name", "deploy_namespace",
     }  # fmt: skip
     assert params["infer_backend"]["defaultValue"] == "auto"
+    assert params["export_precision"]["defaultValue"] == "fp32"
     assert params["export"]["defaultValue"] is True and params["deploy"]["defaultValue"] is False
     assert "defaultValue" not in params["data_root"]  # must be given per run
     assert params["preset"]["defaultValue"] == "default"
