@@ -308,7 +308,7 @@ def run(args: argparse.Namespace, work_dir: Path) -> float:
     n = len(paths)
     workers = "auto" if args.workers is None else args.workers
     print(
-        f"{n} {photos_label(args)}; 3 x {arch}{' (trained)' if args.mask else ''} at "
+        f"{n} {photos_label(args)}; 3 x {arch}{' (--mask/--gender/--age)' if args.mask else ' (untrained)'} at "
         f"{input_size[1]}x{input_size[0]} (WxH); device {device}"
         f"{' bf16' if args.bf16 else ''}; torch threads {torch.get_num_threads()}; "
         f"batch {args.batch_size}; workers {workers}"

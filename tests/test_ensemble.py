@@ -237,12 +237,16 @@ def test_bf16_on_cpu_is_refused_not_silently_ignored(checkpoints, data_root):
         predict_probs(loaded, paths, amp=True)
 
 
-def test_benchmark_quick_run_prints_the_speedup_last(tmp_path, capsys, monkeypatch):
+def inference_benchmark(monkeypatch):
     monkeypatch.syspath_prepend(str(REPO / "benchmarks"))  # as when run as a script: its helpers
     spec = importlib.util.spec_from_file_location("bench_inference", REPO / "benchmarks" / "inference.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    code = bench.main(
+    return bench
+
+
+def test_benchmark_quick_run_prints_the_speedup_last(tmp_path, capsys, monkeypatch):
+    code = inference_benchmark(monkeypatch).main(
         ["--quick", "--images", "6", "--batch-size", "4", "--workers", "0",
          "--image-size", "96x128", "--input-size", "24x32", "--work-dir", str(tmp_path)]
     )  # fmt: skip
@@ -255,6 +259,23 @@ def test_benchmark_quick_run_prints_the_speedup_last(tmp_path, capsys, monkeypat
     assert lines[-2].startswith("fastest path: ")
     ratio = lines[-1].removeprefix("inference speedup: ")
     assert ratio.endswith("x") and float(ratio[:-1]) > 0
+
+
+def test_benchmark_runs_given_checkpoints_on_a_data_roots_photos(
+    serving_checkpoints, data_root, tmp_path, capsys, monkeypatch
+):
+    checkpoints = serving_checkpoints  # one view for all three: the graph can be exported
+    code = inference_benchmark(monkeypatch).main(
+        ["--quick", "--images", "6", "--batch-size", "4", "--workers", "0", "--data", str(data_root),
+         *(arg for task in TASKS for arg in (f"--{task}", str(checkpoints[task]))),
+         "--calibration-images", "2", "--work-dir", str(tmp_path)]
+    )  # fmt: skip
+    captured = capsys.readouterr()
+    out = captured.out
+    assert code == 0, captured.err
+    assert f"eval photos of {data_root}; 3 x resnet10t (--mask/--gender/--age)" in out
+    assert "exported graph int8 (onnx):" in out and out.strip().splitlines()[-1].startswith("inference speedup: ")
+    assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "images").exists()
 
 
 def test_eval_images_from_minio_give_the_same_submission_as_local(
