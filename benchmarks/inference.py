@@ -1,7 +1,9 @@
 """Inference speed: the competition's per-image ensemble loop against maskpipe's batched paths.
 
 Same three models (untrained ``resnet10t`` checkpoints at the smoke preset's input size, built
-with ``create_model`` and saved as real checkpoint folders), same JPEGs, same machine, one run:
+with ``create_model`` and saved as real checkpoint folders; or trained ones given with
+``--mask/--gender/--age``), same JPEGs (generated, or ``--data``'s eval photos), same machine,
+one run:
 
 * original: for each image, decode it, then for each model run the albumentations eval
   transform, forward that one image and take ``.argmax().item()``;
@@ -31,6 +33,7 @@ offers on this device whose classes agree with the original's on at least 98% of
     python benchmarks/inference.py            # 512 images of 384x512 on the CPU, 2 rounds
     python benchmarks/inference.py --quick    # 32 images, one round, a smoke run
     python benchmarks/inference.py --threads 1
+    python benchmarks/inference.py --data DATA_ROOT --mask DIR --gender DIR --age DIR
     python benchmarks/inference.py --device cuda --bf16 --images 2048
 """
 
