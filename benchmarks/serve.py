@@ -20,6 +20,7 @@ clients >= 3x the throughput of one, served (32 clients) >= 60% of offline. The 
 
     python benchmarks/serve.py            # 256 photos of 384x512, ~2 min
     python benchmarks/serve.py --quick    # a smoke run
+    python benchmarks/serve.py --quantize int8   # the int8 graph, offline and served
 """
 
 from __future__ import annotations
@@ -56,6 +57,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--arch", default="resnet10t")
     parser.add_argument("--batch-size", type=int, default=64, help="offline batch size")
     parser.add_argument("--max-batch", type=int, default=32, help="the server's --max-batch")
+    parser.add_argument(
+        "--quantize", choices=["int8"],
+        help="serve (and run offline) the int8 graph, as `maskpipe export --quantize int8` "
+        "writes it, calibrated on other generated photos",
+    )
     parser.add_argument("--serve-python", help="the serving environment's python (default: .venv-serve, $MASKPIPE_SERVE_PYTHON)")
     parser.add_argument("--work-dir", type=Path, help="where photos, checkpoints and the model go (temp dir)")
     args = parser.parse_args(argv)
@@ -90,6 +96,11 @@ def run(args: argparse.Namespace, work_dir: Path) -> float:
     paths = write_images(work_dir / "images", args.images, args.image_size)
     checkpoints = write_checkpoints(work_dir / "checkpoints", args.arch, args.input_size)
     model_dir = export_model(checkpoints, work_dir / "model", tta=True)
+    if args.quantize:
+        from maskpipe.quantize import quantize_model_dir
+
+        calibration = write_images(work_dir / "calibration", min(256, 2 * args.images), args.image_size, seed=1)
+        model_dir = quantize_model_dir(model_dir, calibration, out_dir=work_dir / "model-int8")
     expected, offline_s = offline(model_dir, paths, args)
     offline_rate = len(paths) / offline_s
 
@@ -111,7 +122,7 @@ def run(args: argparse.Namespace, work_dir: Path) -> float:
             )
     print(
         f"{len(paths)} JPEGs of {args.image_size[0]}x{args.image_size[1]}; 3 x {args.arch}, flip TTA, "
-        f"ONNX Runtime; offline (maskpipe infer --backend onnx): {offline_rate:.1f} images/s "
+        f"ONNX Runtime{' int8' if args.quantize else ''}; offline (maskpipe infer --backend onnx): {offline_rate:.1f} images/s "
         f"(best of {args.rounds})"
     )
     low, high = min(levels), max(levels)

@@ -112,12 +112,13 @@ SERVE_SMOKE_TIMEOUT_S = 180  # an export and a server start on top of the smoke 
 
 
 @pytest.mark.timeout(SERVE_SMOKE_TIMEOUT_S)
-def test_serve_benchmark_drives_each_client_count_and_prints_the_scaling_last(tmp_path):
+@pytest.mark.parametrize("precision", [[], ["--quantize", "int8"]], ids=["fp32", "int8"])
+def test_serve_benchmark_drives_each_client_count_and_prints_the_scaling_last(tmp_path, precision):
     from test_serve import serve_python
 
     result = subprocess.run(
         [sys.executable, str(BENCHMARKS / "serve.py"), "--quick", "--images", "4", "--requests", "8",
-         "--clients", "1,4", "--image-size", "96x128", "--input-size", "24x32",
+         "--clients", "1,4", "--image-size", "96x128", "--input-size", "24x32", *precision,
          "--serve-python", serve_python(), "--work-dir", str(tmp_path)],
         capture_output=True, text=True, timeout=SERVE_SMOKE_TIMEOUT_S,
         env={**os.environ, "MASKPIPE_PROGRESS": "0"},
@@ -127,6 +128,7 @@ def test_serve_benchmark_drives_each_client_count_and_prints_the_scaling_last(tm
     assert re.fullmatch(r"serve speedup: \d+\.\dx", last_line(out)), out
     assert re.search(r"  1 client\(s\): +[\d.]+ images/s, p50 +[\d.]+ ms, p99", out)
     assert re.search(r"  4 client\(s\):", out) and "served at 4 clients / offline:" in out
+    assert ("ONNX Runtime int8; offline" in out) == bool(precision), out
 
 
 def test_serve_benchmark_without_a_serving_environment_exits_1_with_a_message(tmp_path):
