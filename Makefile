@@ -9,7 +9,7 @@ SERVE_VENV ?= .venv-serve
 DEMO_DIR ?= demo-output
 PYTEST_ARGS ?=
 
-.PHONY: demo demo-containers image test venv venv-serve clean
+.PHONY: demo demo-containers bench-inference image test venv venv-serve clean
 
 # The venv is rebuilt only when pyproject.toml changes (the stamp records the install).
 $(VENV)/.installed: pyproject.toml
@@ -43,6 +43,18 @@ $(DEMO_DATA)/eval_truth.csv: | venv
 
 demo: venv $(DEMO_DATA)/eval_truth.csv
 	$(PY) $(DEMO_RUN) --output-dir $(DEMO_DIR)
+
+# benchmarks/inference.py on the last `make demo` run's trained checkpoints and 80 people they
+# never saw (docs/benchmarks.md: where int8 reaches 5x; the untrained default run cannot).
+UNSEEN_DATA := $(DEMO_DIR)/unseen-40-people-80-eval
+$(UNSEEN_DATA)/eval_truth.csv: | venv
+	$(VENV)/bin/maskpipe synth $(UNSEEN_DATA) --people 40 --eval-people 80 --seed 5
+
+bench-inference: venv $(UNSEEN_DATA)/eval_truth.csv
+	@run=$$(ls -d $(DEMO_DIR)/runs/*/train-model 2>/dev/null | tail -1 | xargs -r dirname); \
+	test -n "$$run" || { echo "no demo run under $(DEMO_DIR)/runs: run make demo first" >&2; exit 1; }; \
+	$(PY) benchmarks/inference.py --data $(UNSEEN_DATA) \
+	    --mask $$run/train-model/model --gender $$run/train-model-2/model --age $$run/train-model-3/model
 
 # The project image (docker/Dockerfile.gpu) with whichever engine is here, docker or podman;
 # without a reachable registry it builds on a stand-in base first (docker/build-image.sh).
