@@ -62,6 +62,8 @@ class EnsembleGraph(torch.nn.Module):
     def __init__(self, loaded: Mapping[str, LoadedCheckpoint], tta: bool) -> None:
         super().__init__()
         self.tta = tta
+        # for messages: the timm architectures inside, e.g. "efficientnet_b4"
+        self.architectures = ", ".join(sorted({loaded[task].config.model.arch for task in TASKS}))
         self.models = torch.nn.ModuleDict({task: loaded[task].model.eval() for task in TASKS})
         for task in TASKS:
             mean = torch.tensor(loaded[task].mean, dtype=torch.float32).view(1, 3, 1, 1)
@@ -178,9 +180,12 @@ def _export_onnx(graph: EnsembleGraph, path: Path, size: tuple[int, int], opset:
                 verbose=False,
             )
     except Exception as exc:  # the exporter raises many types; name the model and the cause
+        cause = str(exc).splitlines()[0] if str(exc) else ""
         raise MaskpipeError(
-            f"ONNX export of the ensemble failed ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
-            f"check that onnx and onnxscript are installed (`pip install maskpipe[export]`)"
+            f"ONNX export of the ensemble ({graph.architectures}) failed ({type(exc).__name__}: {cause}); "
+            "some timm architectures use operations torch's ONNX exporter cannot express. The "
+            "checkpoints are fine: run the pipeline with export=false (--no-export), where "
+            "ensemble-infer runs them with torch, or `maskpipe infer --mask DIR --gender DIR --age DIR`"
         ) from exc
     program.save(str(path), external_data=False)
 

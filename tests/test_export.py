@@ -115,6 +115,21 @@ def test_checkpoints_of_different_input_sizes_are_refused(checkpoints, tmp_path,
     assert not (tmp_path / "model").exists()
 
 
+def test_an_architecture_the_exporter_cannot_express_says_how_to_go_on_without_export(
+    checkpoints, tmp_path, capsys, monkeypatch
+):
+    import torch
+
+    def unsupported(*args, **kwargs):
+        raise RuntimeError("Unsupported: aten::some_op\nlong exporter trace")
+
+    monkeypatch.setattr(torch.onnx, "export", unsupported)
+    line = cli_error(capsys, "export", *_task_flags(checkpoints), "-o", str(tmp_path / "model"))
+    assert "ONNX export of the ensemble (resnet10t) failed (RuntimeError: Unsupported: aten::some_op)" in line
+    assert "--no-export" in line and "maskpipe infer --mask" in line
+    assert not (tmp_path / "model").exists()
+
+
 def test_onnx_backend_without_an_exported_folder_is_a_clear_error(checkpoints, eval_data, tmp_path, capsys):
     line = cli_error(capsys, "infer", *_task_flags(checkpoints), "--backend", "onnx", "--data", str(eval_data), "-o", str(tmp_path / "s.csv"))
     assert "maskpipe export" in line
