@@ -31,6 +31,8 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     try:
         yield tmp
         with open(tmp, "rb+") as handle:
+            # Again: a writer may have replaced the file (safetensors' save_file leaves 600).
+            os.fchmod(handle.fileno(), 0o666 & ~current_umask())
             os.fsync(handle.fileno())
         os.replace(tmp, target)
         _fsync_dir(target.parent)
@@ -108,6 +110,8 @@ def replace_dir(built: Path, target: Path) -> None:
     aside first and removed after, so a reader finds the old folder or the new one."""
     if target.exists() and not target.is_dir():
         raise MaskpipeError(f"{target} exists and is not a folder; choose another output folder")
+    # mkdtemp made ``built`` private (700); give it the mode a plain mkdir would.
+    os.chmod(built, 0o777 & ~current_umask())
     old = None
     if target.exists():
         old = target.with_name(f".{target.name}.old-{os.getpid()}")

@@ -206,7 +206,7 @@ def _quiet_loggers(*names: str) -> Iterator[None]:
 def _copy_checkpoint(source: Path, target: Path) -> None:
     target.mkdir(parents=True, exist_ok=True)
     for name in (WEIGHTS_FILE, META_FILE, CONFIG_FILE):
-        shutil.copy2(source / name, target / name)
+        shutil.copyfile(source / name, target / name)  # the umask's mode, not the source's
 
 
 def _card(

@@ -291,7 +291,7 @@ def quantize_model_dir(
     target.parent.mkdir(parents=True, exist_ok=True)
     building = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
     try:
-        shutil.copytree(source.folder, building, dirs_exist_ok=True)
+        shutil.copytree(source.folder, building, dirs_exist_ok=True, copy_function=shutil.copyfile)
         add_int8_graph(building, calibration_paths, images=images, seed=seed, calibration_source=calibration_source)
         replace_dir(building, target)
     finally:

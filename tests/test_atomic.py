@@ -50,6 +50,22 @@ def test_a_file_written_by_the_atomic_writer_matches_a_plain_open(tmp_path, umas
     assert _mode(tmp_path / "atomic") == _mode(tmp_path / "plain") == 0o640
 
 
+def test_a_writer_that_replaces_the_temporary_file_still_gets_the_umask_mode(tmp_path, umask):
+    # safetensors' save_file (every checkpoint's weights) leaves its file 600; a container user
+    # (uid 1001) could then not read weights the host wrote, nor hash an exported folder.
+    import torch
+    from safetensors.torch import save_file
+
+    umask(0o022)
+    with atomic.atomic_path(tmp_path / "model.safetensors") as tmp:
+        save_file({"w": torch.zeros(2)}, str(tmp))
+    with atomic.atomic_path(tmp_path / "replaced.bin") as tmp:
+        tmp.unlink()
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT, 0o600)
+        os.close(fd)
+    assert _mode(tmp_path / "model.safetensors") == _mode(tmp_path / "replaced.bin") == 0o644
+
+
 def test_current_umask_reads_without_changing_it(umask):
     umask(0o037)
     assert atomic.current_umask() == 0o037

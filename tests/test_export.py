@@ -105,6 +105,27 @@ def test_a_missing_or_altered_file_is_refused_naming_it(model_dir, tmp_path, dam
     assert str(target) in str(caught.value)
 
 
+def test_the_exported_folder_has_the_modes_a_plain_mkdir_and_open_give(checkpoints, tmp_path):
+    # Another user (the serving image's uid 1001) reads and hashes every file of the folder.
+    import os
+    import stat
+
+    from maskpipe.export import export_model
+
+    private = {}  # checkpoints an older maskpipe wrote: weights 600
+    for task, folder in checkpoints.items():
+        private[task] = Path(shutil.copytree(folder, tmp_path / "private" / task))
+        (private[task] / "model.safetensors").chmod(0o600)
+    saved = os.umask(0o022)
+    try:
+        out = export_model(private, tmp_path / "model", tta=False)
+    finally:
+        os.umask(saved)
+    modes = {p.relative_to(out).as_posix(): stat.S_IMODE(p.stat().st_mode) for p in [out, *out.rglob("*")]}
+    assert modes.pop(".") == 0o755
+    assert {name: mode for name, mode in modes.items() if mode != (0o755 if (out / name).is_dir() else 0o644)} == {}
+
+
 def test_checkpoints_of_different_input_sizes_are_refused(checkpoints, tmp_path, capsys):
     other = write_task_checkpoints(tmp_path / "other", ["data.input_size=[32,24]"])
     line = cli_error(
