@@ -295,15 +295,26 @@ def s3_data(s3_server, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def both_runs(s3_data, built_image, tmp_path_factory) -> dict[str, LocalRun]:
-    """The same run (data on S3, same seed) through the subprocess runner and in containers."""
+    """The same run (data on S3, same seed) through the subprocess runner and in containers,
+    with the export on, as a default run has it: export-model, then ensemble-infer on the
+    exported folder (ONNX Runtime in the image)."""
     data_uri, _ = s3_data
     out = tmp_path_factory.mktemp("both-runs")
-    arguments = tiny_pipeline_arguments(data_uri)
+    arguments = tiny_pipeline_arguments(data_uri, export=True)
     runs = {"subprocess": run_local(arguments, out / "subprocess")}
     started = time.monotonic()
     runs["containers"] = run_local(arguments, out / "containers", image=built_image.tag)
     print(f"\npipeline in containers: {time.monotonic() - started:.0f} s")
     return runs
+
+
+def test_the_ensemble_in_its_container_scored_the_model_exported_in_another(both_runs):
+    run = both_runs["containers"]
+    from maskpipe.model_card import read_model_dir
+
+    read_model_dir(run.model_dir)  # every file hashed: written whole by the image's user
+    log = run.output_dir / "container-logs" / run.run_dir.name / "ensemble-infer.log"
+    assert "running the exported model, onnx backend" in log.read_text()
 
 
 def test_the_pipeline_in_containers_gives_the_subprocess_runners_submission(both_runs):
@@ -318,9 +329,9 @@ def test_the_pipeline_in_containers_gives_the_subprocess_runners_submission(both
 def test_every_step_ran_in_a_container_as_the_image_user(both_runs):
     run = both_runs["containers"]
     steps = sorted(p for p in run.run_dir.iterdir() if p.is_dir())
-    # tiny runs skip the export: the ensemble is the no-export branch's task, ensemble-infer-2
-    assert {"index-data", "train-model", "train-model-2", "train-model-3", "ensemble-infer-2"} <= {
-        p.name for p in steps}
+    # the export branch: export-model and its ensemble-infer (not the no-export branch's -2)
+    assert {p.name for p in steps} == {
+        "index-data", "train-model", "train-model-2", "train-model-3", "export-model", "ensemble-infer"}
     logs = run.output_dir / "container-logs" / run.run_dir.name
     assert sorted(p.stem for p in logs.iterdir()) == [p.name for p in steps]
     for step in steps:
