@@ -77,12 +77,23 @@ fi
 socket_answers() {
     [ -S "$SOCKET" ] && curl -sf --max-time 3 --unix-socket "$SOCKET" http://d/_ping >/dev/null 2>&1
 }
+
+# A service whose working folder was deleted still answers the socket, but every container
+# it starts fails ("conmon: Failed to get working directory", "write child: broken pipe"):
+# seen when it had been started from a clone that was removed later. Restart it.
+if [ -f "$PIDFILE" ] && [ -e "/proc/$(cat "$PIDFILE")" ] \
+        && [[ "$(readlink "/proc/$(cat "$PIDFILE")/cwd")" == *" (deleted)" ]]; then
+    kill "$(cat "$PIDFILE")" 2>/dev/null || true
+    for _ in $(seq 50); do [ -e "/proc/$(cat "$PIDFILE")" ] || break; sleep 0.2; done
+    echo "setup-podman.sh: stopped the podman API service whose working folder was deleted"
+fi
 if ! socket_answers; then
     command -v curl >/dev/null || { apt-get install -y -qq curl >/dev/null || fail "could not install curl"; }
     mkdir -p "$(dirname "$SOCKET")" "$(dirname "$LOG")"
     rm -f "$SOCKET"
-    # setsid + nohup: the service outlives this script and the shell that ran it.
-    setsid nohup podman system service --time=0 "unix://$SOCKET" >>"$LOG" 2>&1 < /dev/null &
+    # setsid + nohup: the service outlives this script and the shell that ran it; from /, so
+    # that removing the folder this ran in (a CI clone) cannot break it.
+    (cd / && exec setsid nohup podman system service --time=0 "unix://$SOCKET" >>"$LOG" 2>&1 < /dev/null) &
     echo $! > "$PIDFILE"
     for _ in $(seq 50); do socket_answers && break; sleep 0.2; done
     socket_answers || fail "podman system service did not answer on $SOCKET within 10 s; its log: $LOG"
