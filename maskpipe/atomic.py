@@ -105,13 +105,28 @@ def sha256_file(path: str | os.PathLike[str], chunk_size: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+@contextlib.contextmanager
+def atomic_dir(target: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield an empty folder beside ``target`` to build in; on success put it at ``target``
+    (:func:`replace_dir`), so a reader finds the old folder or the finished new one, never
+    half. On error, or after the swap, whatever is left of the build folder is removed."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    building = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
+    try:
+        yield building
+        # mkdtemp made the folder private (700); give it the mode a plain mkdir would.
+        os.chmod(building, 0o777 & ~current_umask())
+        replace_dir(building, target)
+    finally:
+        shutil.rmtree(building, ignore_errors=True)
+
+
 def replace_dir(built: Path, target: Path) -> None:
     """Put the finished folder ``built`` at ``target``: a rename, with an existing target moved
     aside first and removed after, so a reader finds the old folder or the new one."""
     if target.exists() and not target.is_dir():
         raise MaskpipeError(f"{target} exists and is not a folder; choose another output folder")
-    # mkdtemp made ``built`` private (700); give it the mode a plain mkdir would.
-    os.chmod(built, 0o777 & ~current_umask())
     old = None
     if target.exists():
         old = target.with_name(f".{target.name}.old-{os.getpid()}")

@@ -22,7 +22,6 @@ import contextlib
 import logging
 import platform
 import shutil
-import tempfile
 import time
 import warnings
 from importlib.metadata import PackageNotFoundError, version
@@ -32,7 +31,7 @@ from typing import Iterator, Mapping, Sequence
 import torch
 
 from maskpipe import __version__
-from maskpipe.atomic import replace_dir, write_json
+from maskpipe.atomic import atomic_dir, write_json
 from maskpipe.checkpoint import CONFIG_FILE, META_FILE, WEIGHTS_FILE, LoadedCheckpoint
 from maskpipe.data.resize import RESIZE_RULE
 from maskpipe.errors import MaskpipeError
@@ -130,9 +129,7 @@ def export_model(
     loaded = load_task_models(checkpoints, torch.device("cpu"))
     crop, size = _common_view(loaded)
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    building = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=out_dir.parent))
-    try:
+    with atomic_dir(out_dir) as building:
         graph = EnsembleGraph(loaded, tta).eval()
         _export_onnx(graph, building / ONNX_FILE, size, opset)
         for task in TASKS:
@@ -143,9 +140,6 @@ def export_model(
             add_int8_graph(
                 building, calibration_paths, images=calibration_images, calibration_source=calibration_source
             )
-        replace_dir(building, out_dir)
-    finally:
-        shutil.rmtree(building, ignore_errors=True)
     log.info("exported %s in %.1f s", out_dir, time.perf_counter() - start)
     return out_dir
 

@@ -31,7 +31,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from maskpipe.atomic import replace_dir, write_json
+from maskpipe.atomic import atomic_dir, write_json
 from maskpipe.data.images import default_workers, has_image_extension
 from maskpipe.data.layout import detect_layout, is_hidden
 from maskpipe.data.resize import View, decode_views
@@ -288,12 +288,7 @@ def quantize_model_dir(
     """
     source = read_model_dir(model_dir)
     target = Path(out_dir) if out_dir is not None else source.folder
-    target.parent.mkdir(parents=True, exist_ok=True)
-    building = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
-    try:
+    with atomic_dir(target) as building:
         shutil.copytree(source.folder, building, dirs_exist_ok=True, copy_function=shutil.copyfile)
         add_int8_graph(building, calibration_paths, images=images, seed=seed, calibration_source=calibration_source)
-        replace_dir(building, target)
-    finally:
-        shutil.rmtree(building, ignore_errors=True)
     return target

@@ -97,3 +97,17 @@ def test_temporary_files_beside_the_target_are_unique_and_hidden(tmp_path, umask
         thread.join()
     assert len(set(names)) == 8
     assert all(p.name.startswith(".t.") and p.name.endswith(".part") and _mode(p) == 0o644 for p in names)
+
+
+def test_atomic_dir_swaps_in_a_finished_folder_and_leaves_the_old_one_on_error(tmp_path, umask):
+    umask(0o022)
+    target = tmp_path / "model"
+    with atomic.atomic_dir(target) as building:
+        (building / "a.txt").write_text("new")
+    assert (target / "a.txt").read_text() == "new" and _mode(target) == 0o755
+    with pytest.raises(RuntimeError):
+        with atomic.atomic_dir(target) as building:
+            (building / "a.txt").write_text("half")
+            raise RuntimeError("killed half-way")
+    assert (target / "a.txt").read_text() == "new"
+    assert [p.name for p in tmp_path.iterdir()] == ["model"], "no build folder is left behind"
