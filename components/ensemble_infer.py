@@ -65,7 +65,6 @@ def ensemble_infer(
         classes_from_probs,
         open_exported,
         predict_rows_probs,
-        predict_rows_probs_exported,
         predict_submission,
         resolve_backend,
     )
@@ -108,10 +107,7 @@ def ensemble_infer(
     val = frame[frame["split"] == "val"]
     scores = None
     if len(val):
-        if exported_model is not None:
-            val_probs = predict_rows_probs_exported(models, val, data_root, **options)
-        else:
-            val_probs = predict_rows_probs(models, val, data_root, **options)
+        val_probs = predict_rows_probs(models, val, data_root, **options)
         y_pred = classes_from_probs(val_probs)
         scores = classification_metrics(
             val["class"].to_numpy(), y_pred, NUM_COMBINED_CLASSES, list(CLASS_NAMES)

@@ -121,8 +121,7 @@ def predict_submission(
     if hasattr(checkpoints, "predict"):  # an exported model folder, opened (maskpipe.runtime)
         exported = checkpoints
         frame, root = _eval_frame(data, data_root, cache_dir)
-        paths = localize_paths(root, frame["path"].tolist(), cache_dir)
-        probs = predict_probs_exported(exported, paths, batch_size=batch_size, num_workers=num_workers)
+        probs = predict_rows_probs(exported, frame, root, batch_size=batch_size, num_workers=num_workers, cache_dir=cache_dir)
         tta, torch_device = exported.card.tta, f"{getattr(exported, 'device', 'cpu')} ({exported.name})"
     else:
         resolve_backend(backend, exported=False)  # onnx needs an exported folder
@@ -179,9 +178,14 @@ def predict_rows_probs(
     amp: bool | None = None,
 ) -> dict[str, np.ndarray]:
     """Per-task softmax probabilities (``{task: (N, classes)}``) for the rows of ``frame``
-    (column ``path``, relative to ``data_root``), in row order."""
+    (column ``path``, relative to ``data_root``), in row order. ``checkpoints`` may also be an
+    exported folder opened with :func:`open_exported` (its card decides TTA; ``tta``,
+    ``device`` and ``amp`` are then the backend's)."""
     if "path" not in frame.columns:
         raise DataLayoutError(f"the frame needs a 'path' column; it has {list(frame.columns)}")
+    if hasattr(checkpoints, "predict"):  # an exported model folder, opened (maskpipe.runtime)
+        paths = localize_paths(data_root, frame["path"].tolist(), cache_dir)
+        return predict_probs_exported(checkpoints, paths, batch_size=batch_size, num_workers=num_workers)
     torch_device = resolve_device(device)
     loaded = load_task_models(checkpoints, torch_device)
     return _rows_probs(
@@ -244,20 +248,6 @@ def predict_probs_exported(
     if row != len(paths):
         raise RuntimeError(f"inference produced {row} rows for {len(paths)} images")
     return out
-
-
-def predict_rows_probs_exported(
-    exported: Any,
-    frame: pd.DataFrame,
-    data_root: str,
-    *,
-    batch_size: int = 64,
-    num_workers: int | None = None,
-    cache_dir: str | Path | None = None,
-) -> dict[str, np.ndarray]:
-    """:func:`predict_rows_probs` for an opened exported model (:func:`open_exported`)."""
-    paths = localize_paths(data_root, frame["path"].tolist(), cache_dir)
-    return predict_probs_exported(exported, paths, batch_size=batch_size, num_workers=num_workers)
 
 
 def _rows_probs(
