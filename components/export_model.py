@@ -23,8 +23,8 @@ def export_model(
     Wraps ``maskpipe.export.export_model`` (``maskpipe export``): ``model.onnx`` (uint8
     photos in; normalisation, flip TTA and the 18-class combination inside), the three
     checkpoints, and ``model.json`` with the sha256 of every file. With ``precision=int8``
-    also ``maskpipe.quantize.quantize_model_dir`` (``maskpipe export --quantize int8``),
-    calibrated on training photos of the index.
+    also the int8 graph (``maskpipe export --quantize int8``), calibrated on training photos
+    of the index.
 
     Args:
         mask_model: Checkpoint folder of the mask model.
@@ -46,8 +46,9 @@ def export_model(
 
     if precision not in ("fp32", "int8"):
         raise MaskpipeError(f"precision must be fp32 or int8, got {precision!r}")
+    photos, source = [], None
     if precision == "int8":
-        from maskpipe.quantize import calibration_images_from_index, quantize_model_dir
+        from maskpipe.quantize import calibration_images_from_index
 
         if index is None:
             raise MaskpipeError("precision int8 calibrates on the index's training photos: pass index")
@@ -57,9 +58,10 @@ def export_model(
         {"mask": Path(mask_model.path), "gender": Path(gender_model.path), "age": Path(age_model.path)},
         Path(model.path),
         tta=tta,
+        quantize=None if precision == "fp32" else precision,
+        calibration_paths=photos,
+        calibration_source=source,
     )
-    if precision == "int8":
-        quantize_model_dir(out, photos, calibration_source=source)
     card = read_model_dir(out)
     height, width = card.input_size
     model.metadata.update(
