@@ -51,6 +51,8 @@ from PIL import Image
 
 from maskpipe.checkpoint import load_checkpoint, save_checkpoint
 from maskpipe.config import load_config
+from maskpipe.data.images import has_image_extension
+from maskpipe.data.layout import is_hidden
 from maskpipe.data.transforms import hwc_float_to_chw, original_eval_transform
 from maskpipe.ensemble import (
     classes_from_probs,
@@ -150,7 +152,7 @@ def write_images(folder: Path, count: int, size: tuple[int, int], seed: int = 0)
 def eval_photos(data_root: Path, count: int) -> list[Path]:
     """The first ``count`` photos of ``data_root/eval/images`` (sorted by name)."""
     folder = data_root / "eval" / "images"
-    photos = sorted(p for p in folder.glob("*") if p.suffix.lower() in {".jpg", ".jpeg", ".png"})
+    photos = sorted(p for p in folder.glob("*") if has_image_extension(p.name) and not is_hidden(p.name))
     if not photos:
         raise BenchmarkError(f"{folder} holds no .jpg/.jpeg/.png photos; --data needs a data root with eval/images")
     return photos[:count]
