@@ -95,12 +95,12 @@ def run(args: argparse.Namespace, work_dir: Path) -> float:
     python = serve_python(args.serve_python)
     paths = write_images(work_dir / "images", args.images, args.image_size)
     checkpoints = write_checkpoints(work_dir / "checkpoints", args.arch, args.input_size)
-    model_dir = export_model(checkpoints, work_dir / "model", tta=True)
+    calibration = []  # other photos than the timed ones, for --quantize
     if args.quantize:
-        from maskpipe.quantize import quantize_model_dir
-
         calibration = write_images(work_dir / "calibration", min(256, 2 * args.images), args.image_size, seed=1)
-        model_dir = quantize_model_dir(model_dir, calibration, out_dir=work_dir / "model-int8")
+    model_dir = export_model(
+        checkpoints, work_dir / "model", tta=True, quantize=args.quantize, calibration_paths=calibration
+    )
     expected, offline_s = offline(model_dir, paths, args)
     offline_rate = len(paths) / offline_s
 
