@@ -9,9 +9,9 @@ from components.image import SERVE_IMAGE
 @dsl.component(base_image=SERVE_IMAGE, install_kfp_package=False)
 def deploy_model(
     model: Input[Model],
+    serving_image: str,
     name: str = "maskpipe",
     namespace: str = "",
-    serving_image: str = SERVE_IMAGE,
     service_account: str = "maskpipe-serving",
     timeout_s: int = 600,
 ) -> str:
@@ -24,9 +24,11 @@ def deploy_model(
 
     Args:
         model: The folder ``export-model`` wrote (a ``minio://`` artifact).
+        serving_image: Image of the predictor container (the pipeline passes
+            ``components.image.serving_image(image)``; a lightweight component ships only this
+            function's source, so the default cannot name a module constant).
         name: InferenceService name, also the served model's name in its URLs.
         namespace: Namespace of the service; ``""``: the namespace this step runs in.
-        serving_image: Image of the predictor container.
         service_account: ServiceAccount the predictor runs as (reads MinIO).
         timeout_s: How long to wait for the service to become Ready.
 
