@@ -1,4 +1,4 @@
-"""maskpipe.storage against local folders and a real S3 HTTP endpoint (loopback moto or MinIO)."""
+"""maskpipe.storage against local folders and a real S3 HTTP endpoint (loopback SeaweedFS, or MINIO_ENDPOINT's server)."""
 
 from __future__ import annotations
 
@@ -356,9 +356,6 @@ def test_unreachable_endpoint_fails_fast_naming_it_and_the_env_var(s3_env, monke
 
 
 def test_wrong_credentials_are_refused_naming_endpoint_and_env_vars_not_values(s3_bucket, s3_env, monkeypatch, caplog):
-    if s3_env.is_moto:
-        # moto takes any keys unless told to authenticate; then unknown keys get InvalidAccessKeyId
-        s3_env.set_auth_enforced(True)
     monkeypatch.setenv("MINIO_ACCESS_KEY", ACCESS)
     monkeypatch.setenv("MINIO_SECRET_KEY", SECRET)
     caplog.set_level(logging.DEBUG, logger="maskpipe")
