@@ -75,7 +75,7 @@ DEFAULT_REGION = "us-east-1"
 # pipelines-profile-controller/sync.py) lets a namespace's own keys use.
 KFP_BUCKET = "mlpipeline"
 KFP_NAMESPACE_PREFIXES = "s3://mlpipeline/{artifacts, private-artifacts/<ns>, private/<ns>, shared}/*"
-_REGION_CODES = {"AuthorizationHeaderMalformed", "PermanentRedirect", "IllegalLocationConstraintException"}
+_REGION_CODES = {"PermanentRedirect", "IllegalLocationConstraintException"}  # AuthorizationHeaderMalformed: see _CREDENTIAL_CODES
 _ENV_HELP = (
     "set MINIO_ENDPOINT (host:port or http(s)://host:port), MINIO_ACCESS_KEY and MINIO_SECRET_KEY "
     "(and MINIO_SECURE=false for a plain-http host:port), or AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID "

