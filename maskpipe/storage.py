@@ -75,7 +75,6 @@ DEFAULT_REGION = "us-east-1"
 # pipelines-profile-controller/sync.py) lets a namespace's own keys use.
 KFP_BUCKET = "mlpipeline"
 KFP_NAMESPACE_PREFIXES = "s3://mlpipeline/{artifacts, private-artifacts/<ns>, private/<ns>, shared}/*"
-_REGION_CODES = {"PermanentRedirect", "IllegalLocationConstraintException"}  # AuthorizationHeaderMalformed: see _CREDENTIAL_CODES
 _ENV_HELP = (
     "set MINIO_ENDPOINT (host:port or http(s)://host:port), MINIO_ACCESS_KEY and MINIO_SECRET_KEY "
     "(and MINIO_SECURE=false for a plain-http host:port), or AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID "
@@ -389,11 +388,6 @@ def _permanent_error(settings: S3Settings, what: str, exc: BaseException, uri: s
             return StorageError(
                 f"{settings.url} rejected the credentials ({exc.code}) for {what}: "
                 f"{settings.credential_hint}; for AuthorizationHeaderMalformed also MINIO_REGION"
-            )
-        if exc.code in _REGION_CODES:
-            return StorageError(
-                f"{settings.url} refused {what} ({exc.code}): the bucket lives in another region than "
-                f"{settings.region!r}; set MINIO_REGION to the bucket's region"
             )
         if exc.code == "AccessDenied":
             return _access_denied(settings, what, uri)

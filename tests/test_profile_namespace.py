@@ -97,6 +97,17 @@ def test_upload_outside_the_namespace_prefixes_is_one_line_naming_the_path_and_t
     assert _stored(s3_server, [f"{prefix}/{rel}" for rel in _files(data.root)]) == []
 
 
+def test_upload_to_another_bucket_with_the_namespace_keys_names_the_path_and_the_key_variables(
+    profile_namespace, s3_bucket, tmp_path
+):
+    data = make_dataset(tmp_path / "data", eval_images=0)
+    result = _maskpipe(profile_namespace, tmp_path, "data", "upload", str(data.root), f"{s3_bucket}/data")
+    assert result.returncode == 2
+    line = _error_line(result)
+    assert "denied access" in line and f"{s3_bucket}/data" in line and "MINIO_ACCESS_KEY" in line, line
+    assert ALLOWED not in line  # the Kubeflow hint is for the mlpipeline bucket only
+
+
 def test_index_of_the_namespace_data_works_with_its_keys(profile_namespace, tmp_path):
     data = make_dataset(tmp_path / "data", eval_images=2)
     uri = f"s3://{KFP_BUCKET}/private/{profile_namespace.name}/data"
