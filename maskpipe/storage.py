@@ -12,6 +12,12 @@ The endpoint and the credentials come only from the environment and are never lo
 * or the AWS names: ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``,
   ``AWS_SECRET_ACCESS_KEY``, ``AWS_DEFAULT_REGION`` / ``AWS_REGION``.
 
+The region defaults to ``us-east-1``: without one, the minio client first asks the server
+for the bucket's location (GetBucketLocation), which a Kubeflow profile namespace's keys may
+not do. Nothing on the normal paths (index, read, upload, the resume mirror) needs more than
+the prefix it works on: the preflight's HeadBucket is only a check, and a denied one is not
+fatal; buckets are created only when HeadBucket says one is missing.
+
 Tuning (also environment): ``MASKPIPE_S3_RETRIES`` (attempts per request, default 5),
 ``MASKPIPE_S3_BACKOFF`` (first back-off in seconds, doubled per retry, default 1),
 ``MASKPIPE_S3_CONNECT_TIMEOUT`` (default 3 s), ``MASKPIPE_S3_READ_TIMEOUT`` (default 60 s),
@@ -63,6 +69,12 @@ _STAT_EACH_LIMIT = 32
 _ENDPOINT_VARS = ("MINIO_ENDPOINT", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
 _KEY_VARS = (("MINIO_ACCESS_KEY", "MINIO_SECRET_KEY"), ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"))
 _REGION_VARS = ("MINIO_REGION", "AWS_DEFAULT_REGION", "AWS_REGION")
+# What S3 clients sign with when nobody names a region; SeaweedFS and MinIO accept any.
+DEFAULT_REGION = "us-east-1"
+# The bucket of a Kubeflow install and the prefixes its profile controller (KFP 2.17
+# pipelines-profile-controller/sync.py) lets a namespace's own keys use.
+KFP_BUCKET = "mlpipeline"
+KFP_NAMESPACE_PREFIXES = "s3://mlpipeline/{artifacts, private-artifacts/<ns>, private/<ns>, shared}/*"
 _ENV_HELP = (
     "set MINIO_ENDPOINT (host:port or http(s)://host:port), MINIO_ACCESS_KEY and MINIO_SECRET_KEY "
     "(and MINIO_SECURE=false for a plain-http host:port), or AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID "
@@ -131,7 +143,7 @@ class S3Settings:
 
     endpoint: str  # host:port
     secure: bool
-    region: str | None
+    region: str
     access_key: str = field(repr=False)
     secret_key: str = field(repr=False)
     key_vars: tuple[str, str] = ("MINIO_ACCESS_KEY", "MINIO_SECRET_KEY")
@@ -146,7 +158,7 @@ class S3Settings:
         return f"{'https' if self.secure else 'http'}://{self.endpoint}"
 
     @property
-    def identity(self) -> tuple[str, bool, str | None, str, str]:
+    def identity(self) -> tuple[str, bool, str, str, str]:
         """Who talks to which server; retry tuning left out."""
         return (self.endpoint, self.secure, self.region, self.access_key, self.secret_key)
 
@@ -169,7 +181,7 @@ class S3Settings:
         key_vars = next((pair for pair in _KEY_VARS if env.get(pair[0]) and env.get(pair[1])), None)
         if key_vars is None:
             raise StorageError(f"no S3 credentials for endpoint {endpoint}: {_ENV_HELP}")
-        region = next((env[name].strip() for name in _REGION_VARS if env.get(name, "").strip()), None)
+        region = next((env[name].strip() for name in _REGION_VARS if env.get(name, "").strip()), DEFAULT_REGION)
         return cls(
             endpoint=endpoint,
             secure=secure,
@@ -328,11 +340,13 @@ def _reason(exc: BaseException) -> str:
     return type(exc).__name__
 
 
-def _retrying(settings: S3Settings, what: str, func: Callable[[], T], attempts: int | None = None) -> T:
+def _retrying(
+    settings: S3Settings, what: str, func: Callable[[], T], attempts: int | None = None, uri: str | None = None
+) -> T:
     """Call ``func``; retry transient failures with exponential back-off and jitter.
 
-    ``what`` names the object or bucket for messages. Permanent failures and an exhausted
-    budget become a StorageError.
+    ``what`` names the object or bucket for messages, ``uri`` the s3:// path it works on.
+    Permanent failures and an exhausted budget become a StorageError.
     """
     budget = attempts or settings.attempts
     delay = settings.backoff_s
@@ -343,7 +357,7 @@ def _retrying(settings: S3Settings, what: str, func: Callable[[], T], attempts: 
             raise
         except Exception as exc:  # noqa: BLE001 - classified just below
             if not _is_transient(exc):
-                raise _permanent_error(settings, what, exc) from exc
+                raise _permanent_error(settings, what, exc, uri) from exc
             if attempt == budget:
                 raise _RetriesExhausted(
                     f"{what}: giving up after {budget} attempts against {settings.url} "
@@ -357,7 +371,7 @@ def _retrying(settings: S3Settings, what: str, func: Callable[[], T], attempts: 
     raise AssertionError("unreachable")  # the loop returns or raises
 
 
-def _permanent_error(settings: S3Settings, what: str, exc: BaseException) -> StorageError:
+def _permanent_error(settings: S3Settings, what: str, exc: BaseException, uri: str | None = None) -> StorageError:
     import urllib3.exceptions as u3
     from minio.error import S3Error
 
@@ -376,10 +390,7 @@ def _permanent_error(settings: S3Settings, what: str, exc: BaseException) -> Sto
                 f"{settings.credential_hint}; for AuthorizationHeaderMalformed also MINIO_REGION"
             )
         if exc.code == "AccessDenied":
-            return StorageError(
-                f"{settings.url} denied access to {what}: {settings.credential_hint}, "
-                "and that this user may read and write the bucket"
-            )
+            return _access_denied(settings, what, uri)
         return StorageError(f"{what} failed at {settings.url}: {exc.code}: {exc.message}")
     if isinstance(exc, (u3.SSLError, u3.MaxRetryError)):
         return StorageError(
@@ -389,6 +400,22 @@ def _permanent_error(settings: S3Settings, what: str, exc: BaseException) -> Sto
     if isinstance(exc, ValueError):
         return StorageError(f"{what}: {exc}")
     return StorageError(f"{what} failed at {settings.url}: {type(exc).__name__}: {_reason(exc)}")
+
+
+def _access_denied(settings: S3Settings, what: str, uri: str | None) -> StorageError:
+    """One line naming the denied path; under ``mlpipeline/`` also what a Kubeflow profile
+    namespace's keys may use there, since that is the usual cause on a multi-user install."""
+    if uri is None or not is_s3(uri) or parse_s3_uri(uri)[0] != KFP_BUCKET:
+        return StorageError(
+            f"{settings.url} denied access to {what}: {settings.credential_hint}, "
+            f"and that these keys may read and write {uri or 'that bucket'}"
+        )
+    return StorageError(
+        f"{settings.url} denied access to {what}: the keys of a Kubeflow profile namespace (its "
+        f"mlpipeline-minio-artifact Secret) may use only {KFP_NAMESPACE_PREFIXES}; put the path under "
+        f"s3://{KFP_BUCKET}/private/<your namespace>/ or s3://{KFP_BUCKET}/shared/, or use keys allowed "
+        f"there: {settings.credential_hint}"
+    )
 
 
 # --------------------------------------------------------------------------- bucket access
@@ -408,8 +435,11 @@ class _Bucket:
     def uri(self, key: str) -> str:
         return f"s3://{self.name}/{key}"
 
-    def call(self, what: str, func: Callable[[], T]) -> T:
-        return _retrying(self.settings, what, func)
+    def call(self, what: str, func: Callable[[], T], key: str | None = None) -> T:
+        """``func`` with retries; ``key`` (default: ``what`` is the object's URI) names the
+        object or prefix for an access-denied message."""
+        uri = self.uri(key) if key is not None else (what if is_s3(what) else None)
+        return _retrying(self.settings, what, func, uri=uri)
 
 
 def _open_bucket(bucket: str, *, create: bool = False) -> tuple[_Bucket, bool]:
@@ -421,24 +451,42 @@ def _open_bucket(bucket: str, *, create: bool = False) -> tuple[_Bucket, bool]:
     client = _client(settings)
     what = f"bucket {bucket!r}"
     try:
-        exists = _retrying(settings, what, lambda: client.bucket_exists(bucket), _preflight_attempts(settings))
+        exists = _retrying(
+            settings, what, lambda: _bucket_exists(client, bucket), _preflight_attempts(settings), f"s3://{bucket}"
+        )
     except _RetriesExhausted as exc:
         raise StorageError(
             f"cannot reach the S3 endpoint {settings.url} ({_reason(exc.__cause__ or exc)}): "
             f"check {settings.endpoint_var} and that the server is up"
         ) from exc.__cause__
     created = False
-    if not exists:
+    if exists is None:
+        # Keys limited to a prefix may be denied HeadBucket (the endpoint answered, so it is
+        # up); the first object call then says whether they reach the path itself.
+        log.debug("HeadBucket on %s denied; going on to the path itself", bucket)
+    elif not exists:
         if not create:
             raise StorageError(
                 f"bucket {bucket!r} does not exist at {settings.url}: create it "
                 "(`maskpipe data upload` does) or fix the s3:// URI"
             )
-        _retrying(settings, what, lambda: _make_bucket(client, bucket))
+        _retrying(settings, what, lambda: _make_bucket(client, bucket), uri=f"s3://{bucket}")
         created = True
         log.info("created bucket %s at %s", bucket, settings.url)
     _verified_buckets.add(key)
     return _Bucket(settings, bucket), created
+
+
+def _bucket_exists(client, bucket: str) -> bool | None:
+    """HeadBucket: True, False, or None when these keys may not ask (AccessDenied)."""
+    from minio.error import S3Error
+
+    try:
+        return client.bucket_exists(bucket)
+    except S3Error as exc:
+        if exc.code == "AccessDenied":
+            return None
+        raise
 
 
 def _preflight_attempts(settings: S3Settings) -> int:
@@ -475,7 +523,7 @@ def _list_objects(bucket: _Bucket, prefix: str) -> dict[str, _RemoteObject]:
             found[item.object_name] = _RemoteObject(item.object_name, int(item.size or 0), _etag(item.etag))
         return found
 
-    return bucket.call(f"listing {bucket.uri(prefix)}", listing)
+    return bucket.call(f"listing {bucket.uri(prefix)}", listing, key=prefix)
 
 
 def _stat_object(bucket: _Bucket, key: str) -> _RemoteObject:
@@ -876,7 +924,7 @@ def _put_file(bucket: _Bucket, path: Path, key: str) -> None:
         with open(path, "rb") as handle:
             bucket.client.put_object(bucket.name, key, handle, size, part_size=PART_SIZE)
 
-    bucket.call(f"uploading {path} to {bucket.uri(key)}", put)
+    bucket.call(f"uploading {path} to {bucket.uri(key)}", put, key=key)
 
 
 def _run_parallel(tasks: list[Callable[[], None]], workers: int, *, desc: str, failure_hint: str) -> None:

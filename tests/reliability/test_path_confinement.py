@@ -120,29 +120,31 @@ def test_training_on_an_s3_index_with_an_escaping_path_writes_nothing_outside_th
 
 
 # ---------------------------------------------------------------------------- object keys with ..
+# SeaweedFS refuses a key with '..' segments (InvalidRequest), AWS S3 and moto store it as is:
+# these run on moto (``moto_bucket``), where such keys can be planted as on AWS.
 
 
-def _put(s3_env, bucket_uri: str, key: str, data: bytes) -> None:
+def _put(endpoint, bucket_uri: str, key: str, data: bytes) -> None:
     """Store an object under ``key`` as is. The minio client refuses '..' segments, so keys an
-    attacker (or another S3 client) could create go in through boto3, which moto installs."""
+    attacker (or another S3 client) could create go in through boto3."""
     boto3 = pytest.importorskip("boto3")
     client = boto3.client(
-        "s3", endpoint_url=s3_env.url, aws_access_key_id=s3_env.access_key,
-        aws_secret_access_key=s3_env.secret_key, region_name=s3_env.region or "us-east-1",
+        "s3", endpoint_url=endpoint.url, aws_access_key_id=endpoint.access_key,
+        aws_secret_access_key=endpoint.secret_key, region_name=endpoint.region or "us-east-1",
     )  # fmt: skip
     client.put_object(Bucket=storage.parse_s3_uri(bucket_uri)[0], Key=key, Body=data)
 
 
-def _keys(s3_env, bucket_uri: str) -> list[str]:
+def _keys(endpoint, bucket_uri: str) -> list[str]:
     bucket = storage.parse_s3_uri(bucket_uri)[0]
-    return [o.object_name for o in s3_env.client().list_objects(bucket, recursive=True)]
+    return [o.object_name for o in endpoint.client().list_objects(bucket, recursive=True)]
 
 
 def test_index_of_a_bucket_with_dot_dot_object_keys_writes_nothing_outside_the_cache(
-    tmp_path, s3_bucket, s3_env
+    tmp_path, moto_bucket, moto_server
 ):
     data = make_dataset(tmp_path / "local", eval_images=0)
-    storage.upload_dir(data.root, f"{s3_bucket}/data", workers=4)
+    storage.upload_dir(data.root, f"{moto_bucket}/data", workers=4)
     jpeg = write_image(tmp_path / "payload.jpg").read_bytes()
     evil = [
         "data/train/images/../../../../escaped-a.jpg",
@@ -150,12 +152,12 @@ def test_index_of_a_bucket_with_dot_dot_object_keys_writes_nothing_outside_the_c
         "data/train/images/../mask1.jpg",
     ]
     for key in evil:
-        _put(s3_env, s3_bucket, key, jpeg)
-    if not set(evil) <= set(_keys(s3_env, s3_bucket)):
+        _put(moto_server, moto_bucket, key, jpeg)
+    if not set(evil) <= set(_keys(moto_server, moto_bucket)):
         pytest.skip("this S3 server normalises '..' in object keys, so none can be planted")
     cache = tmp_path / "a" / "b" / "c" / "cache"
 
-    result = build_index(f"{s3_bucket}/data", tmp_path / "i.parquet", cache_dir=cache)
+    result = build_index(f"{moto_bucket}/data", tmp_path / "i.parquet", cache_dir=cache)
 
     skipped = {s["path"]: s["reason"] for s in result.report["skipped_files"]}
     for key in evil:
@@ -166,11 +168,11 @@ def test_index_of_a_bucket_with_dot_dot_object_keys_writes_nothing_outside_the_c
     assert not [p for p in tmp_path.rglob("mask1.jpg") if cache not in p.parents and "local" not in p.parts]
 
 
-def test_resume_mirror_with_a_dot_dot_key_is_refused_naming_it(tmp_path, s3_bucket, s3_env):
-    uri = f"{s3_bucket}/runs/r1/mask"
-    _put(s3_env, s3_bucket, "runs/r1/mask/state/last.pt", b"state")
-    _put(s3_env, s3_bucket, "runs/r1/mask/../../../../../escaped.pt", b"payload")
-    if "runs/r1/mask/../../../../../escaped.pt" not in _keys(s3_env, s3_bucket):
+def test_resume_mirror_with_a_dot_dot_key_is_refused_naming_it(tmp_path, moto_bucket, moto_server):
+    uri = f"{moto_bucket}/runs/r1/mask"
+    _put(moto_server, moto_bucket, "runs/r1/mask/state/last.pt", b"state")
+    _put(moto_server, moto_bucket, "runs/r1/mask/../../../../../escaped.pt", b"payload")
+    if "runs/r1/mask/../../../../../escaped.pt" not in _keys(moto_server, moto_bucket):
         pytest.skip("this S3 server normalises '..' in object keys, so none can be planted")
     local = tmp_path / "x" / "y" / "z" / "out"
     with pytest.raises(StorageError, match=r"'\.\./\.\./\.\./\.\./\.\./escaped\.pt' is not a file path inside"):
@@ -178,14 +180,14 @@ def test_resume_mirror_with_a_dot_dot_key_is_refused_naming_it(tmp_path, s3_buck
     assert not list(tmp_path.rglob("escaped.pt"))
 
 
-def test_eval_listing_on_s3_naming_a_dot_dot_key_is_refused(tmp_path, s3_bucket, s3_env):
+def test_eval_listing_on_s3_naming_a_dot_dot_key_is_refused(tmp_path, moto_bucket, moto_server):
     data = make_dataset(tmp_path / "local", eval_images=1)
-    storage.upload_dir(data.root, f"{s3_bucket}/data", workers=4)
-    _put(s3_env, s3_bucket, "data/eval/images/../../../../escaped.jpg", write_image(tmp_path / "p.jpg").read_bytes())
+    storage.upload_dir(data.root, f"{moto_bucket}/data", workers=4)
+    _put(moto_server, moto_bucket, "data/eval/images/../../../../escaped.jpg", write_image(tmp_path / "p.jpg").read_bytes())
     info = "ImageID,ans\n../../../../escaped.jpg,0\n"
-    _put(s3_env, s3_bucket, "data/eval/info.csv", info.encode())
+    _put(moto_server, moto_bucket, "data/eval/info.csv", info.encode())
     with pytest.raises(DataLayoutError, match="not plain file names"):
-        index_eval(f"{s3_bucket}/data", cache_dir=tmp_path / "c1" / "c2" / "cache")
+        index_eval(f"{moto_bucket}/data", cache_dir=tmp_path / "c1" / "c2" / "cache")
     assert not list(tmp_path.rglob("escaped.jpg"))
 
 

@@ -2,14 +2,14 @@
 minio included), not in error messages for wrong keys, not in the files a command writes; and
 an endpoint setting that carries a password is refused without echoing it.
 
-The S3 cases run ``maskpipe`` against the loopback S3 server with recognisable fake keys, at
+The S3 cases run ``maskpipe`` against the session's S3 server (SeaweedFS, which checks every
+request's signature) with recognisable keys made for the purpose, at
 ``-v`` (DEBUG for every logger), and search everything captured for the key values.
 """
 
 from __future__ import annotations
 
 import logging
-import socket
 from pathlib import Path
 
 import pytest
@@ -21,6 +21,9 @@ from maskpipe.errors import StorageError
 
 ACCESS = "FAKEACCESS-sec-test-5be1c2"
 SECRET = "fakeSecret/sec-test+a07d93"
+# keys the server does know (made by the s3_user fixture); ACCESS and SECRET stay unknown
+KNOWN_ACCESS = "FAKEACCESS-sec-known-test-e4a1"
+KNOWN_SECRET = "fakeSecret/sec-known-test+c58e"
 
 
 pytestmark = pytest.mark.usefixtures("fresh_storage_clients")
@@ -64,11 +67,10 @@ def _one_error_line(text: str) -> str:
 # ---------------------------------------------------------------------------- S3 through the CLI
 
 
-def test_index_of_s3_data_logs_and_writes_no_credential(tmp_path, s3_bucket, monkeypatch, capsys, caplog):
+def test_index_of_s3_data_logs_and_writes_no_credential(tmp_path, s3_bucket, s3_user, capsys, caplog):
     data = make_dataset(tmp_path / "data", eval_images=2)
     storage.upload_dir(data.root, f"{s3_bucket}/data", workers=4)
-    monkeypatch.setenv("MINIO_ACCESS_KEY", ACCESS)  # moto accepts any keys while auth is off
-    monkeypatch.setenv("MINIO_SECRET_KEY", SECRET)
+    access, secret = s3_user(KNOWN_ACCESS, KNOWN_SECRET)
     out = tmp_path / "out"
     code, text = _run_cli(
         capsys, caplog, "index", f"{s3_bucket}/data", "-o", str(out / "index.parquet"),
@@ -76,14 +78,11 @@ def test_index_of_s3_data_logs_and_writes_no_credential(tmp_path, s3_bucket, mon
     )  # fmt: skip
     assert code == 0, text
     assert "GET" in text or "HEAD" in text, "the debug log should show the S3 requests it scans"
-    assert ACCESS not in text and SECRET not in text
-    assert not _files_holding(out, ACCESS, SECRET)
+    assert access not in text and secret not in text
+    assert not _files_holding(out, access, secret)
 
 
-def test_unknown_access_key_is_one_line_without_the_keys(s3_bucket, s3_env, monkeypatch, capsys, caplog, tmp_path):
-    if not s3_env.is_moto:
-        pytest.skip("needs the loopback server to switch on authentication")
-    s3_env.set_auth_enforced(True)
+def test_unknown_access_key_is_one_line_without_the_keys(s3_bucket, monkeypatch, capsys, caplog, tmp_path):
     monkeypatch.setenv("MINIO_ACCESS_KEY", ACCESS)
     monkeypatch.setenv("MINIO_SECRET_KEY", SECRET)
     code, text = _run_cli(capsys, caplog, "index", f"{s3_bucket}/data", "-o", str(tmp_path / "i.parquet"))
@@ -96,30 +95,11 @@ def test_unknown_access_key_is_one_line_without_the_keys(s3_bucket, s3_env, monk
     assert ACCESS not in text and SECRET not in text
 
 
-def _iam_access_key(s3_env) -> tuple[str, str]:
-    """A real key pair of moto's IAM, so that a wrong secret for it is a signature mismatch."""
-    boto3 = pytest.importorskip("boto3")
-    iam = boto3.client(
-        "iam", endpoint_url=s3_env.url, region_name="us-east-1",
-        aws_access_key_id=s3_env.access_key, aws_secret_access_key=s3_env.secret_key,
-    )  # fmt: skip
-    name = f"maskpipe-sec-{socket.gethostname()}-{id(s3_env) % 10_000}"
-    try:
-        iam.create_user(UserName=name)
-    except iam.exceptions.EntityAlreadyExistsException:
-        pass
-    key = iam.create_access_key(UserName=name)["AccessKey"]
-    return key["AccessKeyId"], key["SecretAccessKey"]
-
-
 def test_wrong_secret_for_a_real_access_key_is_one_line_without_either(
     s3_bucket, s3_env, monkeypatch, capsys, caplog, tmp_path
 ):
-    if not s3_env.is_moto:
-        pytest.skip("needs the loopback server's IAM to make a key pair")
-    access, real_secret = _iam_access_key(s3_env)
+    access, real_secret = s3_env.access_key, s3_env.secret_key  # a key the server knows
     wrong_secret = real_secret[:-6] + "XXXXXX"
-    s3_env.set_auth_enforced(True)
     monkeypatch.setenv("MINIO_ACCESS_KEY", access)
     monkeypatch.setenv("MINIO_SECRET_KEY", wrong_secret)
     code, text = _run_cli(capsys, caplog, "index", f"{s3_bucket}/data", "-o", str(tmp_path / "i.parquet"))
@@ -130,11 +110,8 @@ def test_wrong_secret_for_a_real_access_key_is_one_line_without_either(
     assert access not in text and wrong_secret not in text and real_secret not in text
 
 
-def test_upload_with_unknown_keys_is_one_line_without_the_keys(s3_bucket, s3_env, monkeypatch, capsys, caplog, tmp_path):
-    if not s3_env.is_moto:
-        pytest.skip("needs the loopback server to switch on authentication")
+def test_upload_with_unknown_keys_is_one_line_without_the_keys(s3_bucket, monkeypatch, capsys, caplog, tmp_path):
     data = make_dataset(tmp_path / "data", eval_images=0)
-    s3_env.set_auth_enforced(True)
     monkeypatch.setenv("MINIO_ACCESS_KEY", ACCESS)
     monkeypatch.setenv("MINIO_SECRET_KEY", SECRET)
     code, text = _run_cli(capsys, caplog, "data", "upload", str(data.root), f"{s3_bucket}/data")

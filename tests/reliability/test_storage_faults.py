@@ -1,8 +1,11 @@
 """maskpipe.storage when the S3 endpoint goes away mid-transfer, and with damaged cache files.
 
-The loopback moto server is stopped for real (listening socket closed, open connections cut)
-in the middle of a transfer and started again on the same port; the objects survive because
-moto keeps them in process memory.
+The outage tests run on moto (``moto_bucket`` in conftest.py), not on the session's SeaweedFS:
+they stop the endpoint at a chosen request (the second GET of a download, say), which needs a
+hook on each request in the server itself. moto's S3 app runs in this process, so it is stopped
+for real (listening socket closed, open connections cut) at that moment and started again on
+the same port; the objects survive because moto keeps them in process memory. The damaged-cache
+tests run on SeaweedFS.
 """
 
 from __future__ import annotations
@@ -21,10 +24,9 @@ FILES = {f"imgs/{i:02d}.jpg": bytes([i]) * (20_000 + i) for i in range(12)}
 
 
 @pytest.fixture
-def loopback(s3_env):
-    if not s3_env.is_moto:
-        pytest.skip("needs the loopback server to stop and restart it (MINIO_ENDPOINT points elsewhere)")
-    return s3_env
+def loopback(moto_server):
+    """The stoppable moto endpoint that ``moto_bucket`` points the environment at."""
+    return moto_server
 
 
 @pytest.fixture
@@ -46,7 +48,7 @@ class Outage:
     ``down_s`` seconds (never, when ``down_s`` is None)."""
 
     def __init__(self, endpoint, method: str, nth: int = 2, down_s: float | None = 1.0) -> None:
-        self.server = endpoint.server
+        self.server = endpoint.moto
         self.method, self.nth, self.down_s = method, nth, down_s
         self.seen = 0
         self.started = threading.Event()
@@ -83,7 +85,7 @@ class Outage:
 
 
 @pytest.fixture
-def outage(s3_bucket, loopback):
+def outage(moto_bucket, loopback):
     """Factory for Outage objects; waits for them to settle before the bucket is cleaned up."""
     made: list[Outage] = []
 
@@ -101,13 +103,13 @@ def _retry_warnings(caplog) -> list[str]:
 
 
 def test_download_is_retried_and_completes_when_the_endpoint_restarts(
-    s3_bucket, outage, quick_retries, tmp_path, caplog
+    moto_bucket, outage, quick_retries, tmp_path, caplog
 ):
-    _upload_files(tmp_path, s3_bucket)
+    _upload_files(tmp_path, moto_bucket)
     outage = outage("GET", nth=2, down_s=1.0)
     caplog.set_level(logging.WARNING, logger="maskpipe.storage")
 
-    paths = storage.localize(s3_bucket, sorted(FILES), cache_dir=tmp_path / "cache", workers=3)
+    paths = storage.localize(moto_bucket, sorted(FILES), cache_dir=tmp_path / "cache", workers=3)
 
     assert outage.started.is_set() and outage.finished.wait(5)
     assert [p.read_bytes() for p in paths] == [FILES[k] for k in sorted(FILES)]
@@ -116,22 +118,22 @@ def test_download_is_retried_and_completes_when_the_endpoint_restarts(
 
 
 def test_upload_is_retried_and_completes_when_the_endpoint_restarts(
-    s3_bucket, loopback, outage, quick_retries, tmp_path, caplog
+    moto_bucket, loopback, outage, quick_retries, tmp_path, caplog
 ):
-    storage.list_files(s3_bucket)  # preflight done before the outage; uploads are what get cut
+    storage.list_files(moto_bucket)  # preflight done before the outage; uploads are what get cut
     outage = outage("PUT", nth=2, down_s=1.0)
     caplog.set_level(logging.WARNING, logger="maskpipe.storage")
 
-    _upload_files(tmp_path, s3_bucket)
+    _upload_files(tmp_path, moto_bucket)
 
     assert outage.started.is_set() and outage.finished.wait(5)
     assert _retry_warnings(caplog)
-    client, bucket = loopback.client(), storage.parse_s3_uri(s3_bucket)[0]
+    client, bucket = loopback.client(), storage.parse_s3_uri(moto_bucket)[0]
     assert {k: client.get_object(bucket, k).read() for k in FILES} == FILES
 
 
-def test_download_gives_up_after_the_budget_naming_the_object(s3_bucket, outage, monkeypatch, tmp_path):
-    _upload_files(tmp_path, s3_bucket)
+def test_download_gives_up_after_the_budget_naming_the_object(moto_bucket, outage, monkeypatch, tmp_path):
+    _upload_files(tmp_path, moto_bucket)
     monkeypatch.setenv("MASKPIPE_S3_RETRIES", "3")
     monkeypatch.setenv("MASKPIPE_S3_BACKOFF", "0.05")
     outage = outage("GET", nth=1, down_s=None)
@@ -139,27 +141,27 @@ def test_download_gives_up_after_the_budget_naming_the_object(s3_bucket, outage,
 
     started = time.monotonic()
     with pytest.raises(StorageError) as info:
-        storage.localize(s3_bucket, sorted(FILES), cache_dir=cache, workers=2)
+        storage.localize(moto_bucket, sorted(FILES), cache_dir=cache, workers=2)
 
     assert outage.down.wait(5)
     assert time.monotonic() - started < 15
     message = str(info.value)
-    assert f"{s3_bucket}/imgs/" in message and "giving up after 3 attempts" in message
+    assert f"{moto_bucket}/imgs/" in message and "giving up after 3 attempts" in message
     assert "MASKPIPE_S3_RETRIES" in message
     # whatever did arrive is complete; nothing half-written sits under a final name
     for path in cache.rglob("*.jpg"):
-        assert path.read_bytes() == FILES[path.relative_to(cache / storage.parse_s3_uri(s3_bucket)[0]).as_posix()]
+        assert path.read_bytes() == FILES[path.relative_to(cache / storage.parse_s3_uri(moto_bucket)[0]).as_posix()]
     assert not list(cache.rglob("*.part"))
 
 
-def test_upload_gives_up_after_the_budget_naming_the_object(s3_bucket, loopback, monkeypatch, tmp_path):
-    storage.list_files(s3_bucket)
+def test_upload_gives_up_after_the_budget_naming_the_object(moto_bucket, loopback, monkeypatch, tmp_path):
+    storage.list_files(moto_bucket)
     monkeypatch.setenv("MASKPIPE_S3_RETRIES", "2")
     monkeypatch.setenv("MASKPIPE_S3_BACKOFF", "0.05")
     (tmp_path / "last.pt").write_bytes(b"state")
-    loopback.server.stop()
-    with pytest.raises(StorageError, match=rf"{s3_bucket}/runs/r1/last.pt: giving up after 2 attempts"):
-        storage.upload_file(tmp_path / "last.pt", f"{s3_bucket}/runs/r1/last.pt")
+    loopback.moto.stop()
+    with pytest.raises(StorageError, match=rf"{moto_bucket}/runs/r1/last.pt: giving up after 2 attempts"):
+        storage.upload_file(tmp_path / "last.pt", f"{moto_bucket}/runs/r1/last.pt")
 
 
 def test_truncated_cache_file_is_downloaded_again(s3_bucket, tmp_path):
