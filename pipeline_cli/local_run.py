@@ -62,7 +62,7 @@ class LocalRun:
         if self.model_dir is not None:
             lines.append(f"served model:   {self.model_dir}  (maskpipe serve {self.model_dir})")
         if self.service_url is not None:
-            lines.append(f"deployed at:    {self.service_url}  (InferenceService, see the deploy step's log)")
+            lines.append(f"deployed at:    {self.service_url}")
         if self.report:
             lines.append(f"report:         {self.report}")
         return "\n".join(lines)

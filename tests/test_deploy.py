@@ -305,7 +305,7 @@ def test_run_local_deploy_serves_the_exported_model_and_a_photo_gets_its_class(t
             stored = api.get_object("team-a", "gate")
             served_dir = stored["spec"]["predictor"]["containers"][0]["env"][0]["value"].removeprefix("file://")
             assert re.search(rf"^served model: +{re.escape(served_dir)} ", output, re.M), output[-2000:]
-            assert re.search(rf"^deployed at: +{re.escape(server.url)} ", output, re.M), output[-2000:]
+            assert re.search(rf"^deployed at: +{re.escape(server.url)}$", output, re.M), output[-2000:]
             submission = pd.read_csv(out / "submission.csv")
             assert len(submission) == 6
             for image_id, expected in zip(submission["ImageID"], submission["ans"]):
