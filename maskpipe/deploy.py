@@ -184,8 +184,15 @@ def apply_and_wait(
     """
     if kserve_client is None:
         from kserve import KServeClient
+        from kubernetes.config import ConfigException
 
-        kserve_client = KServeClient()
+        try:
+            kserve_client = KServeClient()  # in a pod: its ServiceAccount; elsewhere: the kubeconfig
+        except ConfigException as exc:
+            raise MaskpipeError(
+                f"no Kubernetes API to deploy to: not in a pod, and the kubeconfig {kubeconfig_path()} "
+                f"cannot be loaded ({' '.join(str(exc).split())}); set KUBECONFIG to the cluster's kubeconfig"
+            ) from None
     meta = inference_service.metadata
     where = f"{meta.namespace}/{meta.name}"
     applied = None
@@ -291,8 +298,13 @@ def _call(method, verb: str, meta: Any, *args, missing_ok: bool = False, **kwarg
         if not isinstance(api, ApiException):
             raise
         reason = _api_message(api)
-        if api.status == 404 and missing_ok and _object_missing(api):
-            return None
+        if api.status == 404 and _object_missing(api):
+            if missing_ok:
+                return None
+            raise MaskpipeError(
+                f"InferenceService {where} is gone (404 on {verb}: {reason}) while the deploy step "
+                "waited for it: something deleted it; rerun the deploy"
+            ) from None
         if api.status == 404:
             raise MaskpipeError(
                 f"the Kubernetes API at {_api_host()} has no InferenceService resource "

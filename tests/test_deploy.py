@@ -208,6 +208,22 @@ def test_deploy_to_a_cluster_without_kserve_says_to_install_it(tmp_path):
     assert "install KServe" in message
 
 
+def test_a_service_deleted_while_the_step_waits_is_not_taken_for_a_missing_kserve(tmp_path):
+    with FakeKubeAPI() as api:
+        api.on_write = lambda obj: api.objects.pop(("team-a", "gate"))
+        message = error_line(run_deploy(api, tmp_path))
+    assert message.startswith("InferenceService team-a/gate is gone (404 on get") and "install KServe" not in message
+
+
+def test_an_api_that_does_not_answer_is_named_with_the_kubeconfig_to_check(tmp_path):
+    with FakeKubeAPI() as api:
+        url = api.url
+    result = run_deploy(api, tmp_path, namespace="team-a")  # its port is closed now
+    message = error_line(result)
+    assert message.startswith(f"cannot reach the Kubernetes API at {url} to get InferenceService team-a/gate")
+    assert "KUBECONFIG" in message
+
+
 def test_a_kubeconfig_without_a_namespace_is_refused_and_nothing_defaults_to_one(tmp_path):
     with FakeKubeAPI() as api:
         message = error_line(run_deploy(api, tmp_path, kubeconfig_namespace=None))
