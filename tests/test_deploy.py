@@ -233,10 +233,11 @@ def test_a_kubeconfig_without_a_namespace_is_refused_and_nothing_defaults_to_one
     assert pipeline.make_pipeline().pipeline_spec.root.input_definitions.parameters["deploy_namespace"].default_value.string_value == ""
 
 
-def test_run_local_refuses_a_name_that_is_not_a_dns_label_before_any_step(tmp_path, capsys):
+@pytest.mark.parametrize("command", ["run-local", "submit"])
+def test_a_name_that_is_not_a_dns_label_is_refused_before_any_step_runs_or_is_sent(command, tmp_path, capsys):
     out = tmp_path / "out"
-    code = pipeline_cli.main(["run-local", "--data", str(tmp_path), "--deploy", "--deploy-name", "Gate_1",
-                              "--output-dir", str(out)])  # fmt: skip
+    where = ["--output-dir", str(out)] if command == "run-local" else ["--host", "http://127.0.0.1:9"]  # nothing listens
+    code = pipeline_cli.main([command, "--data", str(tmp_path), "--deploy", "--deploy-name", "Gate_1", *where])
     error = capsys.readouterr().err.strip()
     assert code == 2 and len(error.splitlines()) == 1
     assert "'Gate_1' is not a name KServe accepts" in error and error.endswith("--deploy-name gate-1")
