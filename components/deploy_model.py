@@ -19,29 +19,33 @@ def deploy_model(
 
     Wraps ``maskpipe.deploy`` (the kserve SDK). The predictor is the serving image
     (``docker/Dockerfile.serve``); KServe's storage initializer reads the model folder from
-    MinIO with the S3 Secret of ``service_account`` (``k8s/serving/``). Runs in the serving
-    image, whose ServiceAccount must be allowed to create InferenceServices (``k8s/serving/``).
+    the object store with the S3 Secret of ``service_account`` (``k8s/serving/``). Runs in the
+    serving image, whose ServiceAccount must be allowed to create InferenceServices
+    (``k8s/serving/deployer-rbac.yaml``). ``run-local --deploy`` runs it in the serving
+    environment against the API of the kubeconfig (``$KUBECONFIG``).
 
     Args:
-        model: The folder ``export-model`` wrote (a ``minio://`` artifact).
+        model: The folder ``export-model`` wrote (a ``minio://`` artifact; a local folder in
+            a local run).
         serving_image: Image of the predictor container (the pipeline passes
             ``components.image.serving_image(image)``; a lightweight component ships only this
             function's source, so the default cannot name a module constant).
-        name: InferenceService name, also the served model's name in its URLs.
-        namespace: Namespace of the service; ``""``: the namespace this step runs in.
-        service_account: ServiceAccount the predictor runs as (reads MinIO).
+        name: InferenceService name, also the served model's name in its URLs; a DNS label.
+        namespace: Namespace of the service; ``""``: the namespace this step runs in (the
+            pod's; outside a cluster, the kubeconfig's current namespace).
+        service_account: ServiceAccount the predictor runs as (reads the object store).
         timeout_s: How long to wait for the service to become Ready.
 
     Returns:
         The service's URL; predictions at ``<url>/v1/models/<name>:predict``.
     """
-    from pathlib import Path
-
-    from maskpipe.deploy import apply_and_wait, build_inference_service, schema_errors, to_manifest
+    from maskpipe.deploy import (
+        apply_and_wait, build_inference_service, check_service_name, current_namespace, schema_errors, to_manifest,
+    )  # fmt: skip
     from maskpipe.errors import MaskpipeError
 
-    if not namespace:
-        namespace = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace").read_text().strip()
+    check_service_name(name)
+    namespace = namespace or current_namespace()
     service = build_inference_service(name, namespace, model.uri, serving_image, service_account=service_account)
     errors = schema_errors(to_manifest(service))
     if errors:

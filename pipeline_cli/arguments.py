@@ -21,6 +21,10 @@ def pipeline_arguments(args: argparse.Namespace) -> Dict[str, Any]:
             "--infer-backend onnx runs the exported model, and --no-export skips the export: "
             "drop one of them"
         )
+    if args.deploy:
+        from maskpipe.deploy import check_service_name
+
+        check_service_name(args.deploy_name)  # before any training, or sending the run
     if tta is None:
         from maskpipe.config import load_config
 
@@ -138,9 +142,11 @@ def param_args(p: argparse.ArgumentParser) -> None:
                    "model with ONNX Runtime on a CPU node, with torch on a GPU node, and the "
                    "checkpoints with --no-export")
     g.add_argument("--deploy", action="store_true",
-                   help="serve the exported model as a KServe InferenceService (cluster only)")
-    g.add_argument("--deploy-name", default="maskpipe", help="InferenceService name")
-    g.add_argument("--deploy-namespace", default="", help="its namespace (default: the run's)")
+                   help="serve the exported model as a KServe InferenceService (run-local: "
+                   "against $KUBECONFIG's API, the step in the serving environment)")
+    g.add_argument("--deploy-name", default="maskpipe", help="InferenceService name (a DNS label)")
+    g.add_argument("--deploy-namespace", default="",
+                   help="its namespace (default: the run's; run-local: the kubeconfig's)")
 
 
 def cluster_args(p: argparse.ArgumentParser) -> None:

@@ -15,6 +15,7 @@ from typing import Any, Dict, Optional
 
 from pipeline import LOCAL_OPTIONS, TASKS, PipelineOptions, make_pipeline
 from pipeline_cli.console import ANSI, StepConsole, console_to, quoted_tail
+from pipeline_cli.local_deploy import deploy_preflight, deploy_step_with
 
 
 class PipelineRunError(RuntimeError):
@@ -37,6 +38,7 @@ class LocalRun:
     log_path: Optional[Path] = None
     report: Optional[Path] = None  # report.html linking the step reports
     model_dir: Optional[Path] = None  # what export-model wrote (None with export=false)
+    service_url: Optional[str] = None  # what the deploy step returned (None without deploy)
 
     def summary(self) -> str:
         """Where things are, and the scores: what a person reads after a run."""
@@ -59,6 +61,8 @@ class LocalRun:
         lines += ["", f"submission.csv: {self.submission}"]
         if self.model_dir is not None:
             lines.append(f"served model:   {self.model_dir}  (maskpipe serve {self.model_dir})")
+        if self.service_url is not None:
+            lines.append(f"deployed at:    {self.service_url}")
         if self.report:
             lines.append(f"report:         {self.report}")
         return "\n".join(lines)
@@ -80,10 +84,13 @@ def run_local(
     line per step start and end and training's epoch lines; everything else kfp.local prints
     goes to ``output_dir/run-local.log``. On failure raises PipelineRunError naming the step
     (display name), the cause and the tail of its log; the outputs of the steps that ran stay
-    under ``output_dir/runs``.
+    under ``output_dir/runs``. With ``deploy`` the deploy step runs in the serving environment
+    against the kubeconfig's API (``pipeline_cli.local_deploy``), checked before any step runs
+    (MaskpipeError).
     """
     from kfp import local
 
+    deploy_python = deploy_preflight(arguments, image)
     output_dir = Path(output_dir).resolve()
     runs_root = output_dir / "runs"
     runs_root.mkdir(parents=True, exist_ok=True)
@@ -112,6 +119,7 @@ def run_local(
         if in_containers is not None:
             stack.enter_context(containers.group_writable_root(runs_root))
             stack.enter_context(containers.steps_in_containers(in_containers))
+        stack.enter_context(deploy_step_with(deploy_python))
         console = stack.enter_context(console_to(log_path, display_names))
         try:
             pipeline_func(**arguments)
@@ -190,6 +198,7 @@ def collect_local_run(
         },
         metrics=metrics,
         model_dir=exported if (exported / "model.json").is_file() else None,
+        service_url=_returned(by_name["deploy"]) if "deploy" in by_name else None,
     )
 
 
@@ -201,6 +210,14 @@ def _in_pipeline_order(names) -> list:
     """Indexing first, then the trainings, the ensemble, and whatever follows it."""
     order = _REPORTING_STEPS
     return sorted(names, key=lambda name: (order.index(name) if name in order else len(order), name))
+
+
+def _returned(step_dir: Path) -> Optional[str]:
+    """A step's return value (its ``Output`` parameter in executor_output.json)."""
+    path = step_dir / "executor_output.json"
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text()).get("parameterValues", {}).get("Output")
 
 
 def _metrics_from_executor_output(path: Path) -> Dict[str, Any]:
