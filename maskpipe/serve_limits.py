@@ -125,7 +125,7 @@ class ServeLimits:
                 f"the memory limit of {limit / MIB:,.0f} MiB ({source}) leaves {max(heavy, 0) / MIB:,.0f} MiB for "
                 f"decoding large photos after the model ({model / MIB:,.0f} MiB), request bodies "
                 f"({BODY_FACTOR * self.body_bytes_in_flight / MIB:,.0f} MiB) and ordinary photos; give the "
-                f"predictor at least {ServeLimits.pod_memory_bytes(self) / MIB:,.0f} MiB or lower the limits "
+                f"predictor at least {self.pod_memory_bytes() / MIB:,.0f} MiB or lower the limits "
                 "(maskpipe.serve_limits.ServeLimits)"
             )
         return Budgets(self, limit, source, heavy, fixed + heavy)
