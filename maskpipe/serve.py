@@ -12,8 +12,9 @@
   ``/v2/health/ready``, ``/v2/models/NAME/ready``) and metadata (``/v2/models/NAME``).
 
 Photos are decoded and resized by :func:`maskpipe.data.resize.decode_views`, the function
-``maskpipe infer`` uses, within the cost limits of :mod:`maskpipe.serve_limits`. The photos of requests that arrive together go
-through the model as one batch (:class:`MicroBatcher`). Every bad request is answered 4xx with
+``maskpipe infer`` uses, within the cost limits of :mod:`maskpipe.serve_limits` (413 or 503
+with ``Retry-After`` past them). The photos of requests that arrive together go through the
+model as one batch (:class:`MicroBatcher`). Every bad request is answered 4xx with
 what was wrong (KServe's ``InvalidInput`` -> 400, a body over the limit -> 413, an unknown
 model -> 404, a malformed v2 body -> 422) and the next request is served as usual.
 """

@@ -219,10 +219,15 @@ class ByteBudget:
             self.used += amount
             return True
 
-    async def release(self, amount: int) -> None:
+    def release(self, amount: int) -> None:
+        """Give ``amount`` back; callable from a done-callback or a cancelled task's cleanup."""
+        self.used -= amount
+        if self._changed is not None:
+            asyncio.get_running_loop().create_task(self._wake())
+
+    async def _wake(self) -> None:
         assert self._changed is not None
         async with self._changed:
-            self.used -= amount
             self._changed.notify_all()
 
 
@@ -258,7 +263,7 @@ class Admission:
         try:
             await self.app(scope, receive, send)
         finally:
-            await self.budget.release(size)
+            self.budget.release(size)
 
 
 async def _drain(receive, most: int) -> None:
@@ -326,11 +331,12 @@ class DecodeGate:
                 503, f"the server is busy decoding large photos; retry after {self.limits.retry_after_s} s "
                 "(or send smaller photos)", self.limits.retry_after_s,
             )  # fmt: skip
-        try:
-            self.heavy_requests += 1
-            return await loop.run_in_executor(self._heavy, self._decode_all, photos)
-        finally:
-            await self.heavy_budget.release(peak)
+        self.heavy_requests += 1
+        # Given back when the thread is done, not when the request is: a client that goes away
+        # does not stop a decode already running.
+        decoding = loop.run_in_executor(self._heavy, self._decode_all, photos)
+        decoding.add_done_callback(lambda _: self.heavy_budget.release(peak))
+        return await decoding
 
     def _plans(self, photos: Sequence[bytes]) -> list:
         return [self._plan(p, [self.view], f"image {i}", self.limits.max_image_pixels) for i, p in enumerate(photos)]

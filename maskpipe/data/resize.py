@@ -2,7 +2,9 @@
 
 Training's cache, ``maskpipe infer`` and the served model all turn a photo into model input
 through :func:`decode_views` (or its two halves, :func:`~maskpipe.data.images.load_rgb` and
-:func:`crop_resize`), so a served answer is computed on the same pixels as an offline one.
+:func:`crop_resize`), so a served answer is computed on the same pixels as an offline one. (A JPEG above
+:data:`REDUCE_ABOVE_PIXELS` is decoded reduced by :func:`decode_views`, for serving's and
+inference's cost; the cache decodes every photo whole.)
 This module imports no torch: the slim serving image runs it with ONNX Runtime alone.
 """
 
