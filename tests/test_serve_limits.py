@@ -151,3 +151,15 @@ def test_a_hostile_mix_leaves_the_server_below_its_memory_limit_and_loses_no_goo
     assert 413 in statuses  # the request of four 40 MP PNGs is over its pixel budget
     assert all("retry-after" in {k.lower() for k in r.headers} for r in bad_replies.values() if r.status == 503)
     assert peak < limit_mb * MIB, f"peak RSS {peak / MIB:.0f} MiB (at start {before / MIB:.0f} MiB) >= {limit_mb} MiB\n{log}"
+
+
+def test_serve_with_a_memory_limit_too_small_for_its_limits_exits_2_with_one_line(exported_model):
+    from test_serve import serve_python
+
+    result = subprocess.run(
+        [serve_python(), "-m", "maskpipe", "serve", str(exported_model), "--port", "0", "--memory-limit-mb", "900"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "memory limit of 900 MiB (--memory-limit-mb)" in result.stderr and "give the predictor at least" in result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
