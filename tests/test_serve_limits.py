@@ -147,7 +147,7 @@ def test_a_hostile_mix_leaves_the_server_below_its_memory_limit_and_loses_no_goo
         assert reply.body["predictions"][0]["class"] == expected[(client + index) % len(good)]
     statuses = [r.status for r in bad_replies.values()]
     assert set(statuses) <= {200, 413, 503}, [r for r in bad_replies.values() if r.status not in (200, 413, 503)][:3]
-    assert statuses.count(200) >= 8, statuses  # large photos were decoded, not all refused
+    assert statuses.count(200) >= 4, statuses  # large photos were decoded, not all refused
     assert 413 in statuses  # the request of four 40 MP PNGs is over its pixel budget
     assert all("retry-after" in {k.lower() for k in r.headers} for r in bad_replies.values() if r.status == 503)
     assert peak < limit_mb * MIB, f"peak RSS {peak / MIB:.0f} MiB (at start {before / MIB:.0f} MiB) >= {limit_mb} MiB\n{log}"
