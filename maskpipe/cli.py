@@ -125,6 +125,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch", type=int, default=32, help="most images in one request")
     p.add_argument("--max-body-mb", type=float, default=20.0, help="largest request body")
     p.add_argument("--batch-wait-ms", type=float, default=2.0, help="how long to gather concurrent requests into one batch")
+    p.add_argument(
+        "--memory-limit-mb", type=float,
+        help="the memory the decoding budgets are sized to (default: the cgroup's memory.max, "
+        "else what the deploy step gives the predictor)",
+    )  # fmt: skip
+    p.add_argument("--request-megapixels", type=float, default=48.0, help="most decoded pixels in one request")
     p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser("evaluate", help="score submission.csv against a truth CSV")
@@ -291,6 +297,17 @@ def _cmd_export(args: argparse.Namespace) -> None:
 def _cmd_serve(args: argparse.Namespace) -> None:
     if args.max_batch < 1 or args.max_body_mb <= 0 or args.batch_wait_ms < 0:
         raise UserError("--max-batch must be >= 1, --max-body-mb > 0 and --batch-wait-ms >= 0")
+    if (args.memory_limit_mb is not None and args.memory_limit_mb <= 0) or args.request_megapixels <= 0:
+        raise UserError("--memory-limit-mb and --request-megapixels must be > 0")
+    from maskpipe.serve_limits import ServeLimits
+
+    max_body_bytes = int(args.max_body_mb * 1024 * 1024)
+    limits = ServeLimits(
+        max_batch=args.max_batch, max_body_bytes=max_body_bytes,
+        body_bytes_in_flight=max(ServeLimits.body_bytes_in_flight, max_body_bytes),
+        request_pixels=int(args.request_megapixels * 1e6),
+        memory_limit_bytes=None if args.memory_limit_mb is None else int(args.memory_limit_mb * 1024 * 1024),
+    )  # fmt: skip
     # kserve parses the process's command line when it is imported; ours is not for it.
     sys.argv = sys.argv[:1]
     try:
@@ -307,8 +324,7 @@ def _cmd_serve(args: argparse.Namespace) -> None:
         args.model_dir,
         ServeOptions(
             name=args.name, host=args.host, port=args.port, backend=args.backend, device=args.device,
-            max_batch=args.max_batch, max_body_bytes=int(args.max_body_mb * 1024 * 1024),
-            batch_wait_s=args.batch_wait_ms / 1000,
+            batch_wait_s=args.batch_wait_ms / 1000, limits=limits,
         ),
     )
 

@@ -131,7 +131,7 @@ def build_inference_service(
     service_account: str = DEFAULT_SERVICE_ACCOUNT,
     max_batch: int = 32,
     cpu: str = "2",
-    memory: str = "2Gi",
+    memory: str | None = None,
 ):
     """A ``V1beta1InferenceService`` (kserve SDK object) that serves ``model_uri`` with ``image``."""
     from kserve import V1beta1InferenceService, V1beta1InferenceServiceSpec, V1beta1PredictorSpec, constants
@@ -143,9 +143,7 @@ def build_inference_service(
         args=[MODEL_MOUNT, "--port", str(SERVING_PORT), "--name", name, "--max-batch", str(max_batch)],
         env=[client.V1EnvVar(name="STORAGE_URI", value=storage_uri(model_uri))],
         ports=[client.V1ContainerPort(container_port=SERVING_PORT, protocol="TCP")],
-        resources=client.V1ResourceRequirements(
-            requests={"cpu": cpu, "memory": memory}, limits={"cpu": cpu, "memory": memory}
-        ),
+        resources=_resources(cpu, memory),
     )
     return V1beta1InferenceService(
         api_version=f"{constants.KSERVE_GROUP}/{constants.KSERVE_V1BETA1_VERSION}",
@@ -155,6 +153,17 @@ def build_inference_service(
             predictor=V1beta1PredictorSpec(service_account_name=service_account, containers=[container])
         ),
     )
+
+
+def _resources(cpu: str, memory: str | None):
+    """Requests = limits (Guaranteed QoS); the memory is what the serving limits need
+    (``maskpipe.serve_limits.ServeLimits.pod_memory``) unless given."""
+    from kubernetes import client
+
+    from maskpipe.serve_limits import ServeLimits
+
+    memory = memory or ServeLimits().pod_memory()
+    return client.V1ResourceRequirements(requests={"cpu": cpu, "memory": memory}, limits={"cpu": cpu, "memory": memory})
 
 
 def to_manifest(inference_service: Any) -> dict:

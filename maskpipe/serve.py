@@ -12,8 +12,9 @@
   ``/v2/health/ready``, ``/v2/models/NAME/ready``) and metadata (``/v2/models/NAME``).
 
 Photos are decoded and resized by :func:`maskpipe.data.resize.decode_views`, the function
-``maskpipe infer`` uses, in a thread pool. The photos of requests that arrive together go
-through the model as one batch (:class:`MicroBatcher`). Every bad request is answered 4xx with
+``maskpipe infer`` uses, within the cost limits of :mod:`maskpipe.serve_limits` (413 or 503
+with ``Retry-After`` past them). The photos of requests that arrive together go through the
+model as one batch (:class:`MicroBatcher`). Every bad request is answered 4xx with
 what was wrong (KServe's ``InvalidInput`` -> 400, a body over the limit -> 413, an unknown
 model -> 404, a malformed v2 body -> 422) and the next request is served as usual.
 """
@@ -27,7 +28,7 @@ import json
 import logging
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,9 +39,9 @@ from kserve.errors import InferenceError, InvalidInput
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 
 from maskpipe.data.images import ImageDecodeError
-from maskpipe.data.resize import decode_views
 from maskpipe.model_card import OUTPUT_NAMES
 from maskpipe.runtime import EnsembleBackend, answers, open_backend
+from maskpipe.serve_limits import DecodeGate, ServeLimits, install as install_limits, resident_bytes
 
 log = logging.getLogger(__name__)
 
@@ -56,10 +57,16 @@ class ServeOptions:
     port: int = 8080
     backend: str = "onnx"
     device: str = "auto"
-    max_batch: int = 32
-    max_body_bytes: int = 20 * 1024 * 1024
     batch_wait_s: float = 0.002
-    decode_threads: int = 4
+    limits: ServeLimits = field(default_factory=ServeLimits)  # every cost limit (maskpipe.serve_limits)
+
+    @property
+    def max_batch(self) -> int:
+        return self.limits.max_batch
+
+    @property
+    def max_body_bytes(self) -> int:
+        return self.limits.max_body_bytes
 
 
 class MicroBatcher:
@@ -130,12 +137,11 @@ class MicroBatcher:
 class EnsembleModel(Model):
     """The KServe predictor: request -> photos -> decoded batch -> micro-batched model -> answers."""
 
-    def __init__(self, backend: EnsembleBackend, options: ServeOptions) -> None:
+    def __init__(self, backend: EnsembleBackend, options: ServeOptions, gate: DecodeGate) -> None:
         super().__init__(options.name, return_response_headers=True)
-        self.backend, self.options = backend, options
+        self.backend, self.options, self.gate = backend, options, gate
         self.card = backend.card
         self.batcher = MicroBatcher(backend, options.max_batch, options.batch_wait_s)
-        self._decoders = ThreadPoolExecutor(options.decode_threads, thread_name_prefix="decode")
 
     def load(self) -> bool:
         self.ready = True  # the backend was opened (and every file verified) before this
@@ -161,7 +167,7 @@ class EnsembleModel(Model):
         else:
             photos = v1_photos(payload)
         check_count(len(photos), self.options.max_batch)
-        images = await asyncio.get_running_loop().run_in_executor(self._decoders, self._decode, photos)
+        images = await self._decode(photos)
         outputs, batch_size = await self.batcher.predict(images)
         if response_headers is not None:  # how well concurrent requests were batched
             response_headers[BATCH_HEADER] = str(batch_size)
@@ -169,10 +175,9 @@ class EnsembleModel(Model):
             return v2_response(payload, self.name, outputs, self.card)
         return {"predictions": answers(outputs, self.card)}
 
-    def _decode(self, photos: list[bytes]) -> np.ndarray:
-        view = self.card.view
-        try:
-            return np.stack([decode_views(photo, [view], name=f"image {i}")[0] for i, photo in enumerate(photos)])
+    async def _decode(self, photos: list[bytes]) -> np.ndarray:
+        try:  # within the request's and the process's budgets (413/503 past them)
+            return await self.gate.decode(photos)
         except ImageDecodeError as exc:
             raise InvalidInput(str(exc)) from None
 
@@ -367,15 +372,18 @@ async def inference_error_handler(_request, exc: InferenceError) -> JSONResponse
 def serve(model_dir: str | Path, options: ServeOptions) -> None:
     """Verify the model folder, open the backend and serve until SIGTERM/SIGINT."""
     backend = open_backend(model_dir, options.backend, device=options.device)
+    budgets = options.limits.resolve(resident_bytes())  # LimitsError (exit 2) when they cannot hold
     from kserve.model_server import app
 
-    app.add_middleware(BodyLimit, max_bytes=options.max_body_bytes)
-    model = EnsembleModel(backend, options)
+    install_limits(app, options.limits)
+    app.add_middleware(BodyLimit, max_bytes=options.max_body_bytes)  # outermost: 413 before admission
+    model = EnsembleModel(backend, options, DecodeGate(budgets, backend.card.view))
     model.load()
     log.info(
         "serving %s (%s backend, input %s, TTA %s) as %r on %s:%d",
         backend.card.folder, backend.name, backend.card.input_size, backend.card.tta,
         options.name, options.host, options.port,
     )  # fmt: skip
+    log.info("limits: %s", budgets.summary())
     _Server(options.host, http_port=options.port, enable_grpc=False, workers=1).start([model])
 

@@ -129,6 +129,7 @@ def test_serve_benchmark_drives_each_client_count_and_prints_the_scaling_last(tm
     assert re.search(r"  1 client\(s\): +[\d.]+ images/s, p50 +[\d.]+ ms, p99", out)
     assert re.search(r"  4 client\(s\):", out) and "served at 4 clients / offline:" in out
     assert ("ONNX Runtime int8; offline" in out) == bool(precision), out
+    assert re.search(r"hostile mix: \d+ good requests all answered 200 .* none lost", out), out
 
 
 def test_serve_benchmark_without_a_serving_environment_exits_1_with_a_message(tmp_path):

@@ -102,17 +102,23 @@ def _strict_pil() -> Iterator[None]:
                 caught.__exit__(None, None, None)
 
 
-def _open_checked(source: ImageSource, name: str | None = None) -> Image.Image:
-    """Open a file or encoded bytes and decode it fully; ImageDecodeError with a short reason
-    otherwise. ``name`` labels bytes in messages (a file is named by its path)."""
+def _labelled(source: ImageSource, name: str | None) -> tuple[str | Path, str, Path | io.BytesIO]:
+    """What messages call the image, the fix they suggest, and what PIL opens."""
     if isinstance(source, (bytes, bytearray, memoryview)):
-        path, fix, size = name or "image bytes", BYTES_FIX, len(source)
-        opener: Path | io.BytesIO = io.BytesIO(source)
+        return name or "image bytes", BYTES_FIX, io.BytesIO(source)
+    return Path(source), FILE_FIX, Path(source)
+
+
+def open_header(source: ImageSource, name: str | None = None, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Open a file or encoded bytes and check its header only (format, declared size); nothing
+    is decoded yet. ImageDecodeError with a short reason otherwise. ``name`` labels bytes in
+    messages (a file is named by its path)."""
+    path, fix, opener = _labelled(source, name)
+    if isinstance(opener, io.BytesIO):
+        size = opener.getbuffer().nbytes
     else:
-        path, fix = Path(source), FILE_FIX
-        opener = path
         try:
-            size = path.stat().st_size
+            size = opener.stat().st_size
         except FileNotFoundError:
             raise ImageDecodeError(path, "missing file") from None
         except OSError as exc:
@@ -133,20 +139,33 @@ def _open_checked(source: ImageSource, name: str | None = None) -> Image.Image:
             path, "unsupported image format", f"{image.format}, expected JPEG or PNG", fix
         )
     width, height = image.size
-    if width * height > MAX_PIXELS:
+    if width * height > max_pixels:
         image.close()
         raise ImageDecodeError(
-            path, "image too large", f"{width}x{height} is over the {MAX_PIXELS:,}-pixel limit", fix
+            path, "image too large", f"{width}x{height} is over the {max_pixels:,}-pixel limit", fix
         )
     if width == 0 or height == 0:
         image.close()
         raise ImageDecodeError(path, "empty image", f"{width}x{height}", fix)
+    return image
+
+
+def load_opened(image: Image.Image, source: ImageSource, name: str | None = None) -> Image.Image:
+    """Decode an image from :func:`open_header` fully (after any ``draft``), or raise
+    ImageDecodeError (truncated, corrupt) and close it."""
     try:
         image.load()
     except (OSError, SyntaxError, ValueError) as exc:
         image.close()
+        path, fix, _ = _labelled(source, name)
         raise ImageDecodeError(path, _reason(exc, "corrupt image"), str(exc), fix) from None
     return image
+
+
+def _open_checked(source: ImageSource, name: str | None = None) -> Image.Image:
+    """Open a file or encoded bytes and decode it fully; ImageDecodeError with a short reason
+    otherwise. ``name`` labels bytes in messages (a file is named by its path)."""
+    return load_opened(open_header(source, name), source, name)
 
 
 def _reason(exc: Exception, default: str) -> str:
@@ -162,24 +181,40 @@ def load_rgb(source: ImageSource, name: str | None = None) -> np.ndarray:
     with _strict_pil():
         image = _open_checked(source, name)
         try:
-            rgb = image if image.mode == "RGB" else _to_rgb(image)
-            # np.array, not np.asarray: PIL's buffer view is read-only, and augmentations (and
-            # torch.from_numpy) need an array they may write to.
-            array = np.array(rgb, dtype=np.uint8)
+            array = rgb_array(image)
         finally:
             image.close()
-    return np.ascontiguousarray(array)
+    return array
 
 
-def _to_rgb(image: Image.Image) -> Image.Image:
-    if image.mode in {"I;16", "I;16B", "I;16L", "I"}:
-        # 16-bit grayscale PNG: scale to 8 bits instead of letting PIL clip at 255.
-        values = np.asarray(image, dtype=np.float64)
-        top = values.max() if values.size else 0.0
-        scale = 255.0 / 65535.0 if top > 255 else 1.0
-        gray = np.clip(values * scale, 0, 255).astype(np.uint8)
-        return Image.fromarray(np.stack([gray] * 3, axis=-1), mode="RGB")
-    return image.convert("RGB")
+SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16B", "I;16L", "I"})
+
+# 16-bit grey -> 8 bits without a float64 copy of the image: the table gives, for every 16-bit
+# value, what ``clip(value * 255 / 65535, 0, 255)`` truncated to uint8 gives (value // 257);
+# a photo whose values all fit in 8 bits keeps them (clipped to 0..255).
+_SCALE_16_TO_8 = (np.arange(65536) // 257).astype(np.uint8)
+_CLIP_TO_8 = np.clip(np.arange(65536), 0, 255).astype(np.uint8)
+
+
+def rgb_array(image: Image.Image, top: int | None = None) -> np.ndarray:
+    """A decoded PIL image as a writable C-contiguous HxWx3 uint8 RGB array.
+
+    16-bit grey is scaled to 8 bits (when any value is above 255) instead of letting PIL clip
+    at 255; ``top`` is the largest value of the whole photo when ``image`` is a crop of it.
+    Other modes go through PIL's ``convert("RGB")`` (alpha dropped).
+    """
+    if image.mode in SIXTEEN_BIT_MODES:
+        if top is None:
+            top = int(image.getextrema()[1]) if image.width and image.height else 0
+        values = np.asarray(image)
+        if values.dtype != np.uint16:  # mode "I" is int32: values outside 0..65535 clip
+            values = np.clip(values, 0, 65535).astype(np.uint16)
+        gray = (_SCALE_16_TO_8 if top > 255 else _CLIP_TO_8)[values]
+        return np.repeat(gray[:, :, None], 3, axis=2)
+    rgb = image if image.mode == "RGB" else image.convert("RGB")
+    # np.array, not np.asarray: PIL's buffer view is read-only, and augmentations (and
+    # torch.from_numpy) need an array they may write to.
+    return np.ascontiguousarray(np.array(rgb, dtype=np.uint8))
 
 
 def check_image(path: str | os.PathLike[str]) -> str | None:
