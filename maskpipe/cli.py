@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -125,6 +126,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch", type=int, default=32, help="most images in one request")
     p.add_argument("--max-body-mb", type=float, default=20.0, help="largest request body")
     p.add_argument("--batch-wait-ms", type=float, default=2.0, help="how long to gather concurrent requests into one batch")
+    p.add_argument(
+        "--enable-model-repository", action="store_true",
+        help="also answer KServe's /v2/repository load/unload endpoints (off: anyone reaching the port could unload the model)",
+    )  # fmt: skip
+    p.add_argument(
+        "--auth-token-file", type=Path, default=os.environ.get("MASKPIPE_SERVE_AUTH_TOKEN_FILE") or None,
+        help="file holding a bearer token every request but the health probes must carry "
+        "(default $MASKPIPE_SERVE_AUTH_TOKEN_FILE; none: no token)",
+    )  # fmt: skip
     p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser("evaluate", help="score submission.csv against a truth CSV")
@@ -291,6 +301,7 @@ def _cmd_export(args: argparse.Namespace) -> None:
 def _cmd_serve(args: argparse.Namespace) -> None:
     if args.max_batch < 1 or args.max_body_mb <= 0 or args.batch_wait_ms < 0:
         raise UserError("--max-batch must be >= 1, --max-body-mb > 0 and --batch-wait-ms >= 0")
+    token = _read_token(args.auth_token_file) if args.auth_token_file else None
     # kserve parses the process's command line when it is imported; ours is not for it.
     sys.argv = sys.argv[:1]
     try:
@@ -309,8 +320,19 @@ def _cmd_serve(args: argparse.Namespace) -> None:
             name=args.name, host=args.host, port=args.port, backend=args.backend, device=args.device,
             max_batch=args.max_batch, max_body_bytes=int(args.max_body_mb * 1024 * 1024),
             batch_wait_s=args.batch_wait_ms / 1000,
+            enable_model_repository=args.enable_model_repository, auth_token=token,
         ),
     )
+
+
+def _read_token(path: Path) -> str:
+    try:
+        token = path.read_text().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"--auth-token-file {path}: cannot read it ({exc.__class__.__name__}); give a readable text file") from None
+    if not token or any(c.isspace() for c in token):
+        raise UserError(f"--auth-token-file {path}: the token must be one word of text with no spaces; write only the token in it")
+    return token
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:
