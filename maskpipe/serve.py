@@ -279,10 +279,12 @@ class BodyLimit:
         return received
 
     async def _too_large(self, send, size: int) -> None:
-        body = json.dumps({
-            "error": f"request body of {size:,} bytes is over this server's limit of "
+        message = (
+            f"request body of {size:,} bytes is over this server's limit of "
             f"{self.max_bytes:,} bytes; send fewer or smaller photos per request"
-        }).encode()
+        )
+        log.warning("rejected a request: 413 %s", message)
+        body = json.dumps({"error": message}).encode()
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
         await send({"type": "http.response.start", "status": 413, "headers": headers})
         await send({"type": "http.response.body", "body": body})

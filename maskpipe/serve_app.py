@@ -89,10 +89,14 @@ class EndpointGuard:
             hint = ""
             if path.startswith("/v2/repository") and not self.repository_enabled:
                 hint = " (the model repository extension is off; start the server with --enable-model-repository to load/unload models)"
-            await _send_error(send, 404, f"no endpoint {path}{hint}; this server answers /v1/models/NAME:predict and /v2/models/NAME/infer")
+            message = f"no endpoint {path}{hint}; this server answers /v1/models/NAME:predict and /v2/models/NAME/infer"
+            log.warning("rejected %s %s: 404 %s", method, path, message)
+            await _send_error(send, 404, message)
             return
         if method not in methods and not (method == "HEAD" and "GET" in methods):
-            await _send_error(send, 405, f"{method} is not allowed on {path}; use {' or '.join(sorted(methods))}", allow=sorted(methods))
+            message = f"{method} is not allowed on {path}; use {' or '.join(sorted(methods))}"
+            log.warning("rejected %s %s: 405 %s", method, path, message)
+            await _send_error(send, 405, message, allow=sorted(methods))
             return
         if self.token is not None and path not in PROBE_PATHS and not self._authorized(scope):
             log.warning("rejected %s %s: 401 missing or wrong bearer token", method, path)

@@ -10,8 +10,6 @@ ERROR = {
     "type": "object", "required": ["error"], "additionalProperties": False,
     "properties": {"error": {"type": "string", "description": "one line: the field, what was wrong, what to send"}},
 }  # fmt: skip
-NAME = {"name": "model_name", "in": "path", "required": True, "schema": {"type": "string"}}
-VERSION = {"name": "model_version", "in": "path", "required": True, "schema": {"type": "string"}}
 READY = {
     "type": "object", "required": ["name", "ready"],
     "properties": {"name": {"type": "string"}, "ready": {"type": "boolean"}},
@@ -48,6 +46,9 @@ def _ready_responses() -> dict:
 
 def openapi_document(model_name: str, model_version: str, output_names: list[str]) -> dict:
     """The document for a server that serves ``model_name`` at ``model_version``."""
+    # The one name and version served (any other is a documented 404).
+    NAME = {"name": "model_name", "in": "path", "required": True, "schema": {"type": "string", "enum": [model_name]}}
+    VERSION = {"name": "model_version", "in": "path", "required": True, "schema": {"type": "string", "enum": [model_version]}}
     v1_request = {
         "type": "object", "required": ["instances"],
         "properties": {"instances": {"type": "array", "items": {
