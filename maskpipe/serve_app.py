@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
+from starlette.requests import ClientDisconnect
 from kserve.errors import InvalidInput
 
 from maskpipe.serve_openapi import openapi_document
@@ -138,7 +139,8 @@ class PredictorRoutes:
         add("/v2/models/{model_name}/versions/{model_version}/ready", self.v2_ready, methods=["GET"])
         add("/v2/models/{model_name}", self.model_metadata, methods=["GET"])
         add("/v2/models/{model_name}/versions/{model_version}", self.model_metadata, methods=["GET"])
-        document = openapi_document(self.options.name, self.model.version, [o["name"] for o in self.model.get_output_types()])
+        names = [o["name"] for o in self.model.get_output_types()]
+        document = openapi_document(self.options.name, self.model.version, names, token=self.options.auth_token is not None)
         app.openapi = lambda: document  # FastAPI's documented way to replace the derived document
 
     def _model(self, name: str, version: str | None) -> EnsembleModel:
@@ -177,7 +179,11 @@ class PredictorRoutes:
             return _reject(request, exc.status, exc.message)
 
     async def _body(self, request: Request) -> bytes:
-        return decode_body(await request.body(), header(request.headers, "content-encoding"), self.options.max_body_bytes)
+        try:
+            body = await request.body()
+        except ClientDisconnect:
+            raise RequestError("the client closed the connection before the whole body arrived") from None
+        return decode_body(body, header(request.headers, "content-encoding"), self.options.max_body_bytes)
 
     async def _run(self, model: EnsembleModel, photos: list[bytes], request: Request):
         try:

@@ -44,8 +44,9 @@ def _ready_responses() -> dict:
     return {"200": _json(READY, "ready"), **_errors(404, 405), "503": _json(READY, "not ready: the model cannot answer now")}
 
 
-def openapi_document(model_name: str, model_version: str, output_names: list[str]) -> dict:
-    """The document for a server that serves ``model_name`` at ``model_version``."""
+def openapi_document(model_name: str, model_version: str, output_names: list[str], token: bool = False) -> dict:
+    """The document for a server that serves ``model_name`` at ``model_version`` (``token``:
+    every operation but the probes needs the bearer token)."""
     # The one name and version served (any other is a documented 404).
     NAME = {"name": "model_name", "in": "path", "required": True, "schema": {"type": "string", "enum": [model_name]}}
     VERSION = {"name": "model_version", "in": "path", "required": True, "schema": {"type": "string", "enum": [model_version]}}
@@ -155,9 +156,17 @@ def openapi_document(model_name: str, model_version: str, output_names: list[str
         "/v2/models/{model_name}/infer": {"post": {**infer, "parameters": [NAME, binary_header]}},
         "/v2/models/{model_name}/versions/{model_version}/infer": {"post": {**infer, "parameters": [NAME, VERSION, binary_header]}},
     }  # fmt: skip
-    return {
+    document: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {"title": "maskpipe serve", "version": model_version,
                  "description": f"Mask / gender / age classes of face photos; the model is served as {model_name!r}."},
         "paths": paths,
     }  # fmt: skip
+    if token:
+        document["components"] = {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}}
+        for path, operations in paths.items():
+            if path not in ("/", "/v2/health/live", "/v2/health/ready"):
+                for operation in operations.values():
+                    operation["security"] = [{"bearer": []}]
+                    operation["responses"]["401"] = _json(ERROR, "no or a wrong bearer token", {"WWW-Authenticate": {"schema": {"type": "string"}}})
+    return document

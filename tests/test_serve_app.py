@@ -89,6 +89,9 @@ def test_a_bearer_token_guards_everything_but_the_probes(exported_model, tmp_pat
         assert request(predict, v1_body([_jpeg()]), headers={"Authorization": "Bearer wrong"}).status == 401
         assert request(predict, v1_body([_jpeg()]), headers={"Authorization": "Bearer s3cret-token"}).status == 200
         assert request(f"{server.url}/v2/models/maskpipe").status == 401
+        document = request(f"{server.url}/openapi.json", headers={"Authorization": "Bearer s3cret-token"}).body
+        assert "401" in document["paths"]["/v2/models/{model_name}/infer"]["post"]["responses"]
+        assert "401" not in document["paths"]["/v2/health/ready"]["get"]["responses"]
         for probe in ("/", "/v2/health/live", "/v2/health/ready"):
             assert request(server.url + probe).status == 200
     assert "s3cret-token" not in (tmp_path / "serve.log").read_text()
