@@ -163,7 +163,7 @@ class PredictorRoutes:
             outputs, headers = await self._run(model, photos, request)
             return JSONResponse(model.v1_answers(outputs), headers=headers)
         except RequestError as exc:
-            return _reject(request, exc.status, exc.message)
+            return _reject(request, exc)
 
     async def v2_infer(self, request: Request, model_name: str, model_version: str | None = None) -> Response:
         try:
@@ -176,7 +176,7 @@ class PredictorRoutes:
             )  # fmt: skip
             return Response(body, headers={**headers, **body_headers})
         except RequestError as exc:
-            return _reject(request, exc.status, exc.message)
+            return _reject(request, exc)
 
     async def _body(self, request: Request) -> bytes:
         try:
@@ -195,7 +195,7 @@ class PredictorRoutes:
         try:
             self._model(model_name, None)
         except RequestError as exc:
-            return _reject(request, exc.status, exc.message)
+            return _reject(request, exc)
         ready = await self.model.healthy()
         return JSONResponse({"name": model_name, "ready": ready}, status_code=200 if ready else 503)
 
@@ -203,7 +203,7 @@ class PredictorRoutes:
         try:
             self._model(model_name, model_version)
         except RequestError as exc:
-            return _reject(request, exc.status, exc.message)
+            return _reject(request, exc)
         ready = await self.model.healthy()
         return JSONResponse({"name": model_name, "ready": ready}, status_code=200 if ready else 503)
 
@@ -222,17 +222,17 @@ class PredictorRoutes:
         try:
             model = self._model(model_name, model_version)
         except RequestError as exc:
-            return _reject(request, exc.status, exc.message)
+            return _reject(request, exc)
         return JSONResponse({
             "name": model.name, "versions": [model.version], "platform": model.platform,
             "inputs": model.get_input_types(), "outputs": model.get_output_types(),
         })  # fmt: skip
 
 
-def _reject(request: Request, status: int, message: str) -> JSONResponse:
-    log.warning("rejected %s %s: %d %s", request.method, request.url.path, status, message)
-    headers = {"retry-after": "1"} if status == 503 else None
-    return JSONResponse({"error": message}, status_code=status, headers=headers)
+def _reject(request: Request, error: RequestError) -> JSONResponse:
+    log.warning("rejected %s %s: %d %s", request.method, request.url.path, error.status, error.message)
+    headers = {"retry-after": "1", **error.headers} if error.status == 503 else error.headers
+    return JSONResponse({"error": error.message}, status_code=error.status, headers=headers)
 
 
 def install(app, model: EnsembleModel, repository: ModelRepository, options: ServeOptions) -> None:

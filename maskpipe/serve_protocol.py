@@ -38,11 +38,13 @@ DATATYPES = {np.dtype(np.int64): "INT64", np.dtype(np.float32): "FP32"}
 
 
 class RequestError(Exception):
-    """A request the server cannot answer: ``status`` (4xx) and a one-line ``message``."""
+    """A request the server does not answer: ``status`` (4xx, or 503), a one-line ``message``
+    and any ``headers`` for the answer (e.g. ``Retry-After``). Raised anywhere under a route,
+    the model's ``predict`` included, it becomes that answer and one log line."""
 
-    def __init__(self, message: str, status: int = 400) -> None:
+    def __init__(self, message: str, status: int = 400, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
-        self.message, self.status = message, status
+        self.message, self.status, self.headers = message, status, dict(headers or {})
 
 
 @dataclass(frozen=True)
