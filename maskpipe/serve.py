@@ -244,7 +244,7 @@ class BodyLimit:
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
             await self._drain(receive, 0)
-            await self._too_large(send, int(declared))
+            await self._too_large(send, int(declared), scope)
             return
         received = 0
         started = False
@@ -268,7 +268,7 @@ class BodyLimit:
             await self.app(scope, counting_receive, tracking_send)
         except _BodyTooLarge:
             if not started:
-                await self._too_large(send, received)
+                await self._too_large(send, received, scope)
 
     async def _drain(self, receive, received: int) -> int:
         while received <= self.DRAIN_FACTOR * self.max_bytes:
@@ -278,12 +278,12 @@ class BodyLimit:
                 break
         return received
 
-    async def _too_large(self, send, size: int) -> None:
+    async def _too_large(self, send, size: int, scope) -> None:
         message = (
             f"request body of {size:,} bytes is over this server's limit of "
             f"{self.max_bytes:,} bytes; send fewer or smaller photos per request"
         )
-        log.warning("rejected a request: 413 %s", message)
+        log.warning("rejected %s %s: 413 %s", scope.get("method"), scope.get("path"), message)
         body = json.dumps({"error": message}).encode()
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
         await send({"type": "http.response.start", "status": 413, "headers": headers})

@@ -147,4 +147,23 @@ def test_good_requests_mixed_with_bad_ones_concurrently_are_all_answered_right(s
             assert [p["class"] for p in reply.body["predictions"]] == [expected["ans"].iloc[body_index // 2]]
         else:
             assert reply.status == 400 and "error" in reply.body, reply.body
+
+    # The same on v2, JSON beside bad binary-extension bodies.
+    good_v2 = [v2_body([photos[i]]) for i in ids]
+    bad_v2 = [
+        b'{"inputs": [{"name": "images", "datatype": "BYTES", "shape": [1], "data": [NaN]}]}',
+        b'{"inputs": {"name": "images"}}',
+        json.dumps({"inputs": [_bytes_input(2, data=[base64.b64encode(_jpeg()).decode()])]}).encode(),
+    ]
+    bodies_v2 = [body for pair in zip(good_v2, bad_v2 * 5) for body in pair]
+    result = drive(server.url, bodies_v2, clients=8, requests_per_client=10, path=V2)
+    assert result.requests == 8 * 10
+    for (client, index), reply in result.answers.items():
+        body_index = (client + index) % len(bodies_v2)
+        if body_index % 2 == 0:
+            assert reply.status == 200, reply.body
+            outputs = {o["name"]: o for o in reply.body["outputs"]}
+            assert outputs["class"]["data"] == [int(expected["ans"].iloc[body_index // 2])]
+        else:
+            assert reply.status == 400 and "error" in reply.body, reply.body
     assert "Traceback" not in server.log_tail(1_000_000)
