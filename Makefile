@@ -20,10 +20,12 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed
 
-$(SERVE_VENV)/.installed: docker/serve-requirements.txt pyproject.toml
+# docker/serve-test-requirements.txt adds what the serving tests drive the server with
+# (tritonclient, schemathesis); the serving image leaves them out.
+$(SERVE_VENV)/.installed: docker/serve-requirements.txt docker/serve-test-requirements.txt pyproject.toml
 	test -x $(SERVE_VENV)/bin/python || $(PYTHON) -m venv $(SERVE_VENV)
 	$(SERVE_VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(SERVE_VENV)/bin/python -m pip install --quiet -r docker/serve-requirements.txt
+	$(SERVE_VENV)/bin/python -m pip install --quiet -r docker/serve-requirements.txt -r docker/serve-test-requirements.txt
 	$(SERVE_VENV)/bin/python -m pip install --quiet --no-deps -e .
 	touch $@
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -131,6 +132,15 @@ def build_parser() -> argparse.ArgumentParser:
         "else what the deploy step gives the predictor)",
     )  # fmt: skip
     p.add_argument("--request-megapixels", type=float, default=48.0, help="most decoded pixels in one request")
+    p.add_argument(
+        "--enable-model-repository", action="store_true",
+        help="also answer KServe's /v2/repository load/unload endpoints (off: anyone reaching the port could unload the model)",
+    )  # fmt: skip
+    p.add_argument(
+        "--auth-token-file", type=Path, default=os.environ.get("MASKPIPE_SERVE_AUTH_TOKEN_FILE") or None,
+        help="file holding a bearer token every request but the health probes must carry "
+        "(default $MASKPIPE_SERVE_AUTH_TOKEN_FILE; none: no token)",
+    )  # fmt: skip
     p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser("evaluate", help="score submission.csv against a truth CSV")
@@ -308,6 +318,7 @@ def _cmd_serve(args: argparse.Namespace) -> None:
         request_pixels=int(args.request_megapixels * 1e6),
         memory_limit_bytes=None if args.memory_limit_mb is None else int(args.memory_limit_mb * 1024 * 1024),
     )  # fmt: skip
+    token = _read_token(args.auth_token_file) if args.auth_token_file else None
     # kserve parses the process's command line when it is imported; ours is not for it.
     sys.argv = sys.argv[:1]
     try:
@@ -325,8 +336,19 @@ def _cmd_serve(args: argparse.Namespace) -> None:
         ServeOptions(
             name=args.name, host=args.host, port=args.port, backend=args.backend, device=args.device,
             batch_wait_s=args.batch_wait_ms / 1000, limits=limits,
+            enable_model_repository=args.enable_model_repository, auth_token=token,
         ),
     )
+
+
+def _read_token(path: Path) -> str:
+    try:
+        token = path.read_text().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"--auth-token-file {path}: cannot read it ({exc.__class__.__name__}); give a readable text file") from None
+    if not token or any(c.isspace() for c in token):
+        raise UserError(f"--auth-token-file {path}: the token must be one word of text with no spaces; write only the token in it")
+    return token
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:

@@ -4,29 +4,31 @@
   (the binary convention KServe shares with TF Serving) answers
   ``{"predictions": [{"class": 7, "class_name": ..., "mask": {"label", "probability",
   "probabilities"}, "gender": {...}, "age": {...}}, ...]}``.
-* v2 (Open Inference Protocol): ``POST /v2/models/NAME/infer`` with one ``BYTES`` input of
-  encoded photos (base64 strings in JSON, or raw bytes with the binary-data extension);
-  outputs ``class``, ``class_name``, ``labels`` (mask, gender, age in words),
-  ``probabilities`` (of those labels) and the four probability tensors of the graph.
-* KServe's own liveness (``/``, ``/v2/health/live``), readiness (``/v1/models/NAME``,
-  ``/v2/health/ready``, ``/v2/models/NAME/ready``) and metadata (``/v2/models/NAME``).
+* v2 (Open Inference Protocol, as tritonclient and KServe's ``InferenceRESTClient`` speak it):
+  ``POST /v2/models/NAME/infer`` (or ``.../versions/VERSION/infer``) with one ``BYTES`` input
+  of encoded photos (base64 strings in JSON, or the raw files with the binary data extension);
+  outputs ``class``, ``class_name``, ``labels`` (mask, gender, age in words), ``probabilities``
+  (of those labels) and the four probability tensors of the graph, as many as the request
+  names, in JSON or binary (:mod:`maskpipe.serve_protocol`).
+* Liveness (``/``, ``/v2/health/live``), readiness (``/v1/models/NAME``, ``/v2/health/ready``,
+  ``/v2/models/NAME/ready``: false whenever the model cannot answer), metadata (``/v2``,
+  ``/v2/models/NAME`` with versions and platform), ``/metrics`` and ``/openapi.json``; nothing
+  else (:mod:`maskpipe.serve_app`: KServe's model repository load/unload only with
+  ``--enable-model-repository``).
 
 Photos are decoded and resized by :func:`maskpipe.data.resize.decode_views`, the function
 ``maskpipe infer`` uses, within the cost limits of :mod:`maskpipe.serve_limits` (413 or 503
 with ``Retry-After`` past them). The photos of requests that arrive together go through the
-model as one batch (:class:`MicroBatcher`). Every bad request is answered 4xx with
-what was wrong (KServe's ``InvalidInput`` -> 400, a body over the limit -> 413, an unknown
-model -> 404, a malformed v2 body -> 422) and the next request is served as usual.
+model as one batch (:class:`MicroBatcher`). Every bad request is answered 4xx with one line
+saying what was wrong (a body over the limit -> 413, an unknown model -> 404), logged as one
+line, and the next request is served as usual.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import json
 import logging
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,9 +36,8 @@ from typing import Any
 
 import numpy as np
 from kserve import Model, ModelServer
-from fastapi.responses import JSONResponse
-from kserve.errors import InferenceError, InvalidInput
-from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
+from kserve.errors import InvalidInput
+from kserve.model_repository import ModelRepository
 
 from maskpipe.data.images import ImageDecodeError
 from maskpipe.model_card import OUTPUT_NAMES
@@ -47,7 +48,9 @@ log = logging.getLogger(__name__)
 
 # Response header: how many images the forward pass that answered this request held.
 BATCH_HEADER = "x-maskpipe-batch-images"
-V1_SHAPE = '{"instances": [{"b64": "<base64 of a JPEG or PNG file>"}, ...]}'
+# The kserve release _Server's reach past the public API was checked against
+# (tests/test_serve_app.py fails when the installed kserve differs).
+KSERVE_CHECKED = "0.21.0"
 
 
 @dataclass(frozen=True)
@@ -67,6 +70,11 @@ class ServeOptions:
     @property
     def max_body_bytes(self) -> int:
         return self.limits.max_body_bytes
+    # KServe's model repository extension (POST /v2/repository/models/NAME/load|unload): off,
+    # since anyone who reaches the port could unload the model.
+    enable_model_repository: bool = False
+    # A bearer token every request but the health probes must carry (None: no token).
+    auth_token: str | None = None
 
 
 class MicroBatcher:
@@ -96,6 +104,10 @@ class MicroBatcher:
         await self._queue.put((images, future))
         return await future
 
+    def healthy(self) -> bool:
+        """False once the worker has stopped (nothing would answer the queued requests)."""
+        return self._worker is None or not self._worker.done()
+
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         assert self._queue is not None
@@ -116,8 +128,8 @@ class MicroBatcher:
                         break
                 pending.append(item)
                 size += len(item[0])
-            batch = np.concatenate([images for images, _ in pending])
             try:
+                batch = np.concatenate([images for images, _ in pending])
                 outputs = await loop.run_in_executor(self._model_thread, self.backend.predict, batch)
             except Exception as exc:  # noqa: BLE001 - every waiting request must hear of it
                 for _, future in pending:
@@ -135,17 +147,29 @@ class MicroBatcher:
 
 
 class EnsembleModel(Model):
-    """The KServe predictor: request -> photos -> decoded batch -> micro-batched model -> answers."""
+    """The KServe predictor: encoded photos -> decoded batch -> micro-batched model -> outputs.
+
+    :mod:`maskpipe.serve_app` reads the request bodies (:mod:`maskpipe.serve_protocol`) and
+    calls the model as KServe's own routes do (``await model(photos, headers)``, so KServe's
+    latency metrics still count it); ``predict`` answers the model's output arrays.
+    """
 
     def __init__(self, backend: EnsembleBackend, options: ServeOptions, gate: DecodeGate) -> None:
         super().__init__(options.name, return_response_headers=True)
         self.backend, self.options, self.gate = backend, options, gate
         self.card = backend.card
         self.batcher = MicroBatcher(backend, options.max_batch, options.batch_wait_s)
+        # The served graph's sha256 prefix: a v2 model version that changes with the weights.
+        self.version = self.card.data["files"].get(self.card.onnx_file, "1")[:12]
+        self.platform = "onnxruntime_onnx" if backend.name.startswith("onnx") else "pytorch"
 
     def load(self) -> bool:
         self.ready = True  # the backend was opened (and every file verified) before this
         return self.ready
+
+    async def healthy(self) -> bool:
+        """KServe's readiness hook: loaded, and the batching worker still able to answer."""
+        return bool(self.ready) and self.batcher.healthy()
 
     def get_input_types(self) -> list[dict]:
         return [{"name": "images", "datatype": "BYTES", "shape": [-1]}]
@@ -161,25 +185,38 @@ class EnsembleModel(Model):
             {"name": "class_probs", "datatype": "FP32", "shape": [-1, 18]},
         ]
 
-    async def predict(self, payload: dict | InferRequest, headers: dict | None = None, response_headers=None):
-        if isinstance(payload, InferRequest):
-            photos = v2_photos(payload)
-        else:
-            photos = v1_photos(payload)
-        check_count(len(photos), self.options.max_batch)
-        images = await self._decode(photos)
+    async def predict(self, payload: list[bytes], headers: dict | None = None, response_headers=None):
+        """The graph's outputs for the encoded photos ``payload``."""
+        if not isinstance(payload, list):
+            raise InvalidInput(f"expected a list of encoded photos, got a {type(payload).__name__}")
+        check_count(len(payload), self.options.max_batch)
+        images = await self._decode(payload)
         outputs, batch_size = await self.batcher.predict(images)
         if response_headers is not None:  # how well concurrent requests were batched
             response_headers[BATCH_HEADER] = str(batch_size)
-        if isinstance(payload, InferRequest):
-            return v2_response(payload, self.name, outputs, self.card)
-        return {"predictions": answers(outputs, self.card)}
+        return outputs
 
     async def _decode(self, photos: list[bytes]) -> np.ndarray:
         try:  # within the request's and the process's budgets (413/503 past them)
             return await self.gate.decode(photos)
         except ImageDecodeError as exc:
             raise InvalidInput(str(exc)) from None
+
+    def v1_answers(self, outputs: dict[str, np.ndarray]) -> dict:
+        return {"predictions": answers(outputs, self.card)}
+
+    def v2_tensors(self, outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Every v2 output by name (the order of :meth:`get_output_types`)."""
+        rows = answers(outputs, self.card)
+        n = len(rows)
+        tasks = ("mask", "gender", "age")
+        return {
+            "class": np.asarray(outputs["class"], dtype=np.int64),
+            "class_name": np.array([row["class_name"] for row in rows], dtype=object),
+            "labels": np.array([[row[t]["label"] for t in tasks] for row in rows], dtype=object).reshape(n, 3),
+            "probabilities": np.array([[row[t]["probability"] for t in tasks] for row in rows], dtype=np.float32).reshape(n, 3),
+            **{name: np.asarray(outputs[name], dtype=np.float32) for name in OUTPUT_NAMES if name != "class"},
+        }
 
 
 def check_count(count: int, max_batch: int) -> None:
@@ -190,80 +227,6 @@ def check_count(count: int, max_batch: int) -> None:
             f"the request holds {count} images, more than this server's maximum of {max_batch}; "
             "split it into smaller requests (or start the server with a larger --max-batch)"
         )
-
-
-def v1_photos(payload: Any) -> list[bytes]:
-    """The encoded photos of a v1 request body, or InvalidInput saying what shape was expected."""
-    if isinstance(payload, (bytes, str)):
-        raise InvalidInput(f"the v1 body must be JSON (Content-Type: application/json) shaped {V1_SHAPE}")
-    if not isinstance(payload, dict) or "instances" not in payload:
-        keys = sorted(payload) if isinstance(payload, dict) else type(payload).__name__
-        raise InvalidInput(f'expected a JSON object with "instances", got {keys}; send {V1_SHAPE}')
-    instances = payload["instances"]
-    if not isinstance(instances, list):
-        raise InvalidInput(f'"instances" must be a list; send {V1_SHAPE}')
-    photos = []
-    for i, instance in enumerate(instances):
-        if not isinstance(instance, dict) or not isinstance(instance.get("b64"), str):
-            raise InvalidInput(f'instances[{i}] must be an object {{"b64": "<base64 photo>"}}; send {V1_SHAPE}')
-        photos.append(_b64decode(instance["b64"], f"instances[{i}].b64"))
-    return photos
-
-
-def v2_photos(request: InferRequest) -> list[bytes]:
-    """The encoded photos of a v2 request: one BYTES input, base64 strings or raw bytes."""
-    if len(request.inputs) != 1:
-        names = [i.name for i in request.inputs]
-        raise InvalidInput(f"expected exactly one input (BYTES, the encoded photos), got {len(names)}: {names}")
-    tensor = request.inputs[0]
-    if tensor.datatype != "BYTES":
-        raise InvalidInput(
-            f"input {tensor.name!r} has datatype {tensor.datatype}; send the encoded JPEG/PNG photos "
-            "as BYTES (base64 strings in JSON, or raw bytes with the binary data extension)"
-        )
-    if tensor._raw_data is not None:  # binary data extension: length-prefixed bytes
-        items = list(tensor.as_numpy().reshape(-1))
-    else:
-        items = list(np.asarray(tensor.data, dtype=object).reshape(-1)) if tensor.data is not None else []
-    shape = list(tensor.shape)
-    if len(shape) != 1 or shape[0] != len(items):
-        raise InvalidInput(f"input {tensor.name!r} has shape {shape} but holds {len(items)} elements; use shape [N]")
-    photos = []
-    for i, item in enumerate(items):
-        if isinstance(item, (bytes, bytearray)):
-            photos.append(bytes(item))
-        elif isinstance(item, str):
-            photos.append(_b64decode(item, f"{tensor.name}[{i}]"))
-        else:
-            raise InvalidInput(f"{tensor.name}[{i}] is a {type(item).__name__}; send a base64 string or bytes")
-    return photos
-
-
-def _b64decode(text: str, where: str) -> bytes:
-    try:
-        return base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError):
-        raise InvalidInput(f"{where} is not valid base64; send the photo file's bytes base64-encoded") from None
-
-
-def v2_response(request: InferRequest, model_name: str, outputs: dict[str, np.ndarray], card) -> InferResponse:
-    rows = answers(outputs, card)
-    n = len(rows)
-    tasks = ("mask", "gender", "age")
-    tensors = {
-        "class": np.asarray(outputs["class"], dtype=np.int64),
-        "class_name": np.array([row["class_name"] for row in rows], dtype=object),
-        "labels": np.array([[row[t]["label"] for t in tasks] for row in rows], dtype=object).reshape(n, 3),
-        "probabilities": np.array([[row[t]["probability"] for t in tasks] for row in rows], dtype=np.float32).reshape(n, 3),
-        **{name: np.asarray(outputs[name], dtype=np.float32) for name in OUTPUT_NAMES if name != "class"},
-    }
-    infer_outputs = []
-    for name, value in tensors.items():
-        datatype = {np.dtype(np.int64): "INT64", np.dtype(np.float32): "FP32"}.get(value.dtype, "BYTES")
-        output = InferOutput(name=name, shape=list(value.shape), datatype=datatype)
-        output.set_data_from_numpy(value, binary_data=False)
-        infer_outputs.append(output)
-    return InferResponse(response_id=request.id or str(uuid.uuid4()), model_name=model_name, infer_outputs=infer_outputs)
 
 
 class BodyLimit:
@@ -286,7 +249,7 @@ class BodyLimit:
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
             await self._drain(receive, 0)
-            await self._too_large(send, int(declared))
+            await self._too_large(send, int(declared), scope)
             return
         received = 0
         started = False
@@ -310,7 +273,7 @@ class BodyLimit:
             await self.app(scope, counting_receive, tracking_send)
         except _BodyTooLarge:
             if not started:
-                await self._too_large(send, received)
+                await self._too_large(send, received, scope)
 
     async def _drain(self, receive, received: int) -> int:
         while received <= self.DRAIN_FACTOR * self.max_bytes:
@@ -320,11 +283,13 @@ class BodyLimit:
                 break
         return received
 
-    async def _too_large(self, send, size: int) -> None:
-        body = json.dumps({
-            "error": f"request body of {size:,} bytes is over this server's limit of "
+    async def _too_large(self, send, size: int, scope) -> None:
+        message = (
+            f"request body of {size:,} bytes is over this server's limit of "
             f"{self.max_bytes:,} bytes; send fewer or smaller photos per request"
-        }).encode()
+        )
+        log.warning("rejected %s %s: 413 %s", scope.get("method"), scope.get("path"), message)
+        body = json.dumps({"error": message}).encode()
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
         await send({"type": "http.response.start", "status": 413, "headers": headers})
         await send({"type": "http.response.body", "body": body})
@@ -335,55 +300,47 @@ class _BodyTooLarge(Exception):
 
 
 class _Server(ModelServer):
-    """KServe's ModelServer listening on ``host`` (it binds 0.0.0.0 on its own)."""
+    """KServe's ModelServer listening on ``host``.
+
+    The one reach past KServe's public API (checked against :data:`KSERVE_CHECKED`): 0.21's
+    ``RESTServer`` binds 0.0.0.0 with no setting for the address, so the address is set on its
+    uvicorn config between the server's creation and its bind (``setup_event_loop``).
+    """
 
     def __init__(self, host: str, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._host = host
 
     def setup_event_loop(self) -> None:
-        # Called after the REST server is built and before it binds or registers its handlers.
-        rest = self._rest_server
-        if rest is not None:
-            rest.config.host = self._host
-            add_kserve_handlers = rest._add_exception_handlers
-
-            def add_handlers(app) -> None:
-                add_kserve_handlers(app)
-                app.add_exception_handler(InferenceError, inference_error_handler)
-
-            rest._add_exception_handlers = add_handlers
+        rest = getattr(self, "_rest_server", None)
+        if rest is None or not hasattr(rest, "config"):
+            raise RuntimeError(
+                f"kserve's ModelServer no longer has the _rest_server.config this predictor sets the "
+                f"listen address on (checked against kserve {KSERVE_CHECKED}); update maskpipe.serve._Server"
+            )
+        rest.config.host = self._host
         super().setup_event_loop()
-
-
-async def inference_error_handler(_request, exc: InferenceError) -> JSONResponse:
-    """KServe answers its InferenceError with 500; one of them is the client's doing: KServe
-    0.21 decodes the BYTES elements of the v2 binary data extension as UTF-8 text
-    (``InferRequest.from_bytes``), so raw photo bytes fail there, before maskpipe sees them."""
-    if "using UTF-8" in str(exc):
-        return JSONResponse(
-            status_code=400,
-            content={"error": "a BYTES element of the binary data is not UTF-8 text: this server "
-                     "(KServe 0.21) reads BYTES as text, so send each photo base64-encoded"},
-        )  # fmt: skip
-    return JSONResponse(status_code=500, content={"error": str(exc)})
 
 
 def serve(model_dir: str | Path, options: ServeOptions) -> None:
     """Verify the model folder, open the backend and serve until SIGTERM/SIGINT."""
-    backend = open_backend(model_dir, options.backend, device=options.device)
-    budgets = options.limits.resolve(resident_bytes())  # LimitsError (exit 2) when they cannot hold
     from kserve.model_server import app
 
-    install_limits(app, options.limits)
-    app.add_middleware(BodyLimit, max_bytes=options.max_body_bytes)  # outermost: 413 before admission
+    from maskpipe.serve_app import install
+
+    backend = open_backend(model_dir, options.backend, device=options.device)
+    budgets = options.limits.resolve(resident_bytes())  # LimitsError (exit 2) when they cannot hold
+    install_limits(app, options.limits)  # admission: innermost of the three middlewares
     model = EnsembleModel(backend, options, DecodeGate(budgets, backend.card.view))
     model.load()
+    repository = ModelRepository()
+    app.add_middleware(BodyLimit, max_bytes=options.max_body_bytes)  # 413 before admission
+    install(app, model, repository, options)  # its guard goes outermost: refused before read
     log.info(
         "serving %s (%s backend, input %s, TTA %s) as %r on %s:%d",
         backend.card.folder, backend.name, backend.card.input_size, backend.card.tta,
         options.name, options.host, options.port,
     )  # fmt: skip
     log.info("limits: %s", budgets.summary())
-    _Server(options.host, http_port=options.port, enable_grpc=False, workers=1).start([model])
-
+    server = _Server(options.host, http_port=options.port, enable_grpc=False, workers=1, registered_models=repository)
+    server.start([model])
