@@ -1,23 +1,20 @@
-"""The deploy step: its InferenceService fits KServe's schema and the k8s/serving/ wiring.
+"""The deploy step: its InferenceService fits KServe's schema.
 
 The InferenceService is built with the kserve SDK, which lives in the serving environment
 (kserve needs pandas<3), so that part runs there, as the deploy step runs in the serving image.
-The manifests under k8s/serving/ are rendered and validated like tests/test_k8s.py does.
+The manifests under k8s/ (ServiceAccount, S3 Secret, deployer Role) are tests/test_k8s.py's.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from test_k8s import K8S, find, render, validate
 from test_serve import serve_python
 
-import pipeline
 from maskpipe.deploy import DEFAULT_SERVICE_ACCOUNT, MODEL_MOUNT, apply_and_wait, storage_uri
 from maskpipe.errors import MaskpipeError
 
@@ -114,48 +111,8 @@ def test_deploy_replaces_an_existing_service_at_its_resource_version():
     assert ("replace", "gate", "team-a", "41") in client.calls and ("wait", "gate", 4) in client.calls
 
 
-# ---------------------------------------------------------------- k8s/serving/
-
-
-@pytest.fixture(scope="module")
-def serving_resources(tmp_path_factory) -> list[dict]:
-    copy = tmp_path_factory.mktemp("k8s-serving") / "serving"
-    shutil.copytree(K8S / "serving", copy, ignore=shutil.ignore_patterns("s3.env"))
-    (copy / "s3.env").write_text("AWS_ACCESS_KEY_ID=maskpipe-test-key\nAWS_SECRET_ACCESS_KEY=maskpipe-test-secret\n")
-    return render(copy)
-
-
-def test_serving_manifests_render_and_validate_strictly(serving_resources):
-    assert {r["kind"] for r in serving_resources} == {"ServiceAccount", "Secret", "Role", "RoleBinding"}
-    for resource in serving_resources:
-        validate(resource)
-        assert resource["metadata"]["namespace"] == "kubeflow"
-
-
-def test_predictor_service_account_carries_the_s3_secret_pointed_at_minio(serving_resources):
-    account = find(serving_resources, "ServiceAccount", DEFAULT_SERVICE_ACCOUNT)
-    (listed,) = account["secrets"]
-    secret = find(serving_resources, "Secret", listed["name"])
-    assert set(secret["data"]) == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
-    annotations = secret["metadata"]["annotations"]
-    assert annotations["serving.kserve.io/s3-endpoint"] == pipeline.DEFAULT_MINIO_ENDPOINT
-    assert annotations["serving.kserve.io/s3-usehttps"] == "0"
-
-
-def test_deploy_step_may_manage_inference_services_and_nothing_else(serving_resources):
-    (rule,) = find(serving_resources, "Role", "maskpipe-deployer")["rules"]
-    assert rule["apiGroups"] == ["serving.kserve.io"] and rule["resources"] == ["inferenceservices"]
-    assert {"create", "update", "get", "watch"} <= set(rule["verbs"]) and "delete" not in rule["verbs"]
-    binding = find(serving_resources, "RoleBinding", "maskpipe-deployer")
-    assert binding["roleRef"]["name"] == "maskpipe-deployer"
-    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "pipeline-runner", "namespace": "kubeflow"}]
-
-
-def test_serving_credentials_file_is_gitignored_and_its_template_holds_names_only():
-    result = subprocess.run(["git", "check-ignore", "-q", "k8s/serving/s3.env"], cwd=ROOT)
-    assert result.returncode == 0
-    lines = [l for l in (K8S / "serving" / "s3.env.example").read_text().splitlines() if l and not l.startswith("#")]
-    assert lines == ["AWS_ACCESS_KEY_ID=", "AWS_SECRET_ACCESS_KEY="]
+# ---------------------------------------------------------------- the component's wiring
+# (k8s/serving/ and its overlays: tests/test_k8s.py)
 
 
 def test_deploy_component_defaults_match_the_wiring():
