@@ -57,7 +57,8 @@ def pipeline_arguments(args: argparse.Namespace) -> Dict[str, Any]:
 def options_from_args(args: argparse.Namespace) -> PipelineOptions:
     """Compile-time options from the cluster flags."""
     image = args.image or IMAGE
-    if image == DEFAULT_IMAGE and not DEFAULT_IMAGE_PINNED:
+    chosen = bool(args.image) or bool(os.environ.get("MASKPIPE_IMAGE", "").strip())
+    if not chosen and image == DEFAULT_IMAGE and not DEFAULT_IMAGE_PINNED:
         raise argparse.ArgumentTypeError(
             f"cannot tell the commit of this checkout (no git), so the default image would be "
             f"the moving tag {DEFAULT_IMAGE}; pass --image REPOSITORY:sha-<commit> (what CI "

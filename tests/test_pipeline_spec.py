@@ -409,6 +409,9 @@ def test_without_git_the_default_image_is_refused_with_the_fix(tmp_path):
     (line,) = result.stderr.strip().splitlines()
     assert "--image" in line and ":sha-" in line and ":main" in line
     assert not (tmp_path / "p.yaml").exists()
+    # Named explicitly, the moving tag is a choice, not a fallback.
+    spec = next(yaml.safe_load_all(compile_yaml(tmp_path, env={**env, "MASKPIPE_IMAGE": "ghcr.io/maskpipe/maskpipe:main"})))
+    assert container_of(spec, "train-mask")["image"] == "ghcr.io/maskpipe/maskpipe:main"
 
 
 def test_steps_run_in_the_project_image_without_pip_installs(compiled):
