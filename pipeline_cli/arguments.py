@@ -197,7 +197,7 @@ def cluster_args(p: argparse.ArgumentParser) -> None:
                    help="take MINIO_ENDPOINT from this key of the secret instead")
     g.add_argument("--minio-secure", action="store_true", help="MinIO speaks TLS")
     g.add_argument("--gpu-type", default="nvidia.com/gpu")
-    g.add_argument("--gpus", type=int, default=1, help="GPUs per training/inference step (0: CPU)")
+    g.add_argument("--gpus", type=int, default=1, help="GPUs per training step and per checkpoint inference (export=false); 0: CPU")
     g.add_argument("--index-gpu", action="store_true", help="give index-data a GPU too")
     g.add_argument("--gpu-node-selector", help="KEY=VALUE node label for GPU steps")
     g.add_argument("--gpu-toleration", help="KEY[=VALUE][:EFFECT], e.g. nvidia.com/gpu:NoSchedule")
