@@ -91,6 +91,14 @@ def submit(args: argparse.Namespace) -> Any:
     )  # fmt: skip
     if refusal:
         raise ClusterError(refusal)
+    serving_namespace = arguments["deploy_namespace"] or args.namespace or "kubeflow"
+    if arguments["deploy"] and serving_namespace == "kubeflow":
+        raise ClusterError(
+            "--deploy would create the InferenceService in namespace kubeflow, which KServe "
+            "skips (its control-plane label: the model never reaches /mnt/models); pass "
+            "--deploy-namespace maskpipe-serving after `kubectl apply -k k8s/overlays/standalone`, "
+            "or run in your profile namespace (--namespace)"
+        )
     client = make_client(args)
     with tempfile.TemporaryDirectory() as tmp:
         package = Path(args.package) if args.package else compile_pipeline(

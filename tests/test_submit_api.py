@@ -443,3 +443,19 @@ def test_onnx_inference_without_the_export_is_refused_before_any_request(fake_kf
     err = run_failing(submit_args(fake_kfp, "--no-export", "--infer-backend", "onnx"), capsys)
     assert "--infer-backend onnx" in err and "--no-export" in err
     assert not fake_kfp.requests
+
+
+@pytest.mark.parametrize("extra", [["--namespace", "kubeflow"], ["--deploy-namespace", "kubeflow"]])
+def test_deploy_into_the_kubeflow_namespace_is_refused_before_sending(extra, fake_kfp, capsys):
+    """KServe's pod mutator skips namespaces labelled control-plane, which kubeflow is."""
+    err = run_failing(submit_args(fake_kfp, "--token", "t", "--deploy", *extra), capsys)
+    assert "namespace kubeflow" in err and "--deploy-namespace maskpipe-serving" in err
+    assert not fake_kfp.requests
+
+
+def test_standalone_deploy_into_its_own_namespace_is_sent(fake_kfp):
+    argv = submit_args(fake_kfp, "--token", "t", "--deploy", "--deploy-namespace", "maskpipe-serving")
+    argv[argv.index("--namespace") + 1] = "kubeflow"
+    assert pipeline_cli.main(argv) == 0
+    params = fake_kfp.find("POST", f"{API}/runs")[0].json()["runtime_config"]["parameters"]
+    assert params["deploy"] is True and params["deploy_namespace"] == "maskpipe-serving"
