@@ -98,23 +98,42 @@ def executor_input(component: dict, passed: set[str], work: Path, *, remote_inpu
     }
 
 
-def run_executor(container: dict, component: dict, passed: set[str], work: Path) -> subprocess.CompletedProcess:
-    """Start ``container``'s command and args as the launcher does, ``{{$}}`` filled in."""
-    python = serve_python() if container["image"].endswith("-serve") else sys.executable
-    site = work / "site"  # only maskpipe, as `pip install .` puts it into the images
-    site.mkdir()
-    (site / "maskpipe").symlink_to(REPO / "maskpipe")
-    serving = container["image"].endswith("-serve")
-    payload = json.dumps(executor_input(component, passed, work, remote_inputs=serving))
-    argv = [*container["command"], *[payload if a == "{{$}}" else a for a in container["args"]]]
-    env = {
+def image_env(python: str, work: Path) -> dict[str, str]:
+    """The environment of a step's container: ``python`` first on PATH as ``python3``, and
+    only maskpipe beside the environment's packages, as `pip install .` puts it into the images."""
+    site = work / "site"
+    site.mkdir(exist_ok=True)
+    if not (site / "maskpipe").exists():
+        (site / "maskpipe").symlink_to(REPO / "maskpipe")
+    return {
         "PATH": f"{Path(python).parent}{os.pathsep}/usr/bin{os.pathsep}/bin",
         "HOME": str(work),
         "PYTHONPATH": str(site),
         "KUBECONFIG": str(work / "no-kubeconfig"),  # the deploy step must not reach a cluster
         "MASKPIPE_PROGRESS": "0",
     }
-    return subprocess.run(argv, cwd=work, env=env, capture_output=True, text=True, timeout=300)
+
+
+def run_executor(container: dict, component: dict, passed: set[str], work: Path) -> subprocess.CompletedProcess:
+    """Start ``container``'s command and args as the launcher does, ``{{$}}`` filled in."""
+    serving = container["image"].endswith("-serve")
+    python = serve_python() if serving else sys.executable
+    payload = json.dumps(executor_input(component, passed, work, remote_inputs=serving))
+    argv = [*container["command"], *[payload if a == "{{$}}" else a for a in container["args"]]]
+    return subprocess.run(argv, cwd=work, env=image_env(python, work), capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("environment", ["training", "serving"])
+def test_the_step_environment_holds_maskpipe_and_kfp_but_not_this_checkout(environment, tmp_path):
+    """Otherwise a step's source that imports components/ or pipeline.py would pass here and
+    fail in the pod."""
+    python = serve_python() if environment == "serving" else sys.executable
+    code = ("import importlib.util as u, kfp, maskpipe; "
+            "print([n for n in ('components', 'pipeline', 'pipeline_cli') if u.find_spec(n)])")  # fmt: skip
+    result = subprocess.run(["python3", "-c", code], cwd=tmp_path, env=image_env(python, tmp_path),
+                            capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
 
 
 def test_every_executor_is_one_of_the_pipeline_steps(compiled):
