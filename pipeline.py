@@ -274,9 +274,9 @@ def _configure(
         if options.gpu_toleration:
             kubernetes.add_toleration(task, **options.gpu_toleration)
     else:
-        # The GPU image sets NVIDIA_VISIBLE_DEVICES=all; on a node whose default container
-        # runtime is NVIDIA's, a pod that requested no GPU would still see every GPU there
-        # (and ensemble-infer's backend auto would pick torch over the exported graph).
+        # CUDA base images (pytorch/pytorch among them) set NVIDIA_VISIBLE_DEVICES=all; on a
+        # node whose default container runtime is NVIDIA's, a pod that requested no GPU would
+        # still see every GPU there (and ensemble-infer's auto would pick torch over the graph).
         task.set_env_variable("NVIDIA_VISIBLE_DEVICES", "void")
     if shm:
         # DataLoader workers share batches through /dev/shm; the container default is 64 MiB.

@@ -236,7 +236,7 @@ def test_training_and_checkpoint_inference_request_one_gpu_and_nothing_else_does
 
 def test_exported_model_is_scored_on_a_cpu_node_that_sees_no_gpu(compiled):
     """On a cluster the export branch scores the served graph: no GPU is requested, and the
-    GPU image's NVIDIA_VISIBLE_DEVICES=all is overridden, so backend auto cannot find CUDA
+    CUDA base image's NVIDIA_VISIBLE_DEVICES=all is overridden, so backend auto cannot find CUDA
     (on a node whose default runtime is NVIDIA's) and runs ONNX Runtime."""
     _, spec, _ = compiled
     container = container_of(spec, "ensemble-infer@export")
