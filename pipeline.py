@@ -1,9 +1,11 @@
 """The maskpipe Kubeflow pipeline: which steps run, in what order, with what cluster settings.
 
-    index-data -> train-mask, train-gender, train-age (no edges between them)
-               -> export-model -> ensemble-infer (the exported model) -> deploy
-    With ``export=false``, ensemble-infer runs the three checkpoints instead; deploy runs only
-    with ``deploy=true``, after ensemble-infer has scored the model it serves.
+    index-data -> train-mask, train-gender, train-age (no edges between them, one GPU each)
+               -> export-model -> ensemble-infer (the exported model, ONNX Runtime on a CPU
+                  node: what is scored is what is served) -> deploy
+    With ``export=false``, ensemble-infer runs the three checkpoints with torch on a GPU node
+    instead; deploy runs only with ``deploy=true``, after ensemble-infer has scored the model it
+    serves. No step is cached (see ``_configure``), every pod has a deadline.
 
 Commands (their code is in ``pipeline_cli/``):
     python pipeline.py compile [-o pipeline.yaml]          compile for a cluster
@@ -16,7 +18,7 @@ and each component wraps one ``maskpipe`` function.
 """
 
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
@@ -27,20 +29,27 @@ from components.image import serving_image
 
 PIPELINE_NAME = "maskpipe"
 TASKS = ("mask", "gender", "age")
-DEFAULT_PIPELINE_ROOT = "minio://mlpipeline/v2/artifacts"
-# The secret every standard KFP install copies into each profile namespace.
+# The Secret KFP 2.17 puts in each profile namespace (that namespace's own keys) and in
+# `kubeflow` of a standalone install, with keys `accesskey` and `secretkey`.
 DEFAULT_SECRET = "mlpipeline-minio-artifact"
-DEFAULT_MINIO_ENDPOINT = "minio-service.kubeflow:9000"
+# KFP >= 2.16 stores artifacts in SeaweedFS (Service `seaweedfs` in `kubeflow`, S3 on 9000);
+# installs before 2.16 had MinIO at LEGACY_MINIO_ENDPOINT (`--minio-endpoint` for those).
+DEFAULT_MINIO_ENDPOINT = "seaweedfs.kubeflow:9000"
+LEGACY_MINIO_ENDPOINT = "minio-service.kubeflow:9000"
+# Steps of STEP_TIMEOUTS / `--step-timeout STEP=...`.
+STEPS = ("index", "train", "export", "infer", "deploy")
 
 
 @dataclass(frozen=True)
 class Resources:
-    """Kubernetes requests and limits of one step (strings as Kubernetes writes them)."""
+    """Kubernetes requests and limits of one step (strings as Kubernetes writes them) and the
+    deadline of its pod (``activeDeadlineSeconds``: a hung step must not hold a GPU for ever)."""
 
     cpu_request: str
     cpu_limit: str
     memory_request: str
     memory_limit: str
+    timeout_s: int
 
 
 @dataclass(frozen=True)
@@ -54,7 +63,9 @@ class PipelineOptions:
 
     cluster: bool = True
     image: str = IMAGE
-    pipeline_root: str = DEFAULT_PIPELINE_ROOT
+    # Empty: none compiled in, so the run's namespace decides (a Kubeflow profile's
+    # `kfp-launcher` defaultPipelineRoot, else the backend's own default).
+    pipeline_root: str = ""
     # MinIO credentials: secret keys -> MINIO_ACCESS_KEY / MINIO_SECRET_KEY.
     secret_name: str = DEFAULT_SECRET
     access_key_key: str = "accesskey"
@@ -72,15 +83,29 @@ class PipelineOptions:
     shm_size: str = "8Gi"
     retries: int = 2
     retry_backoff: str = "60s"
-    cache_training: bool = False
-    index_resources: Resources = Resources("2", "4", "4Gi", "8Gi")
-    train_resources: Resources = Resources("4", "8", "24Gi", "32Gi")
-    infer_resources: Resources = Resources("4", "8", "16Gi", "24Gi")
-    export_resources: Resources = Resources("2", "4", "8Gi", "16Gi")
-    deploy_resources: Resources = Resources("100m", "500m", "256Mi", "512Mi")
+    index_resources: Resources = Resources("2", "4", "4Gi", "8Gi", 2 * 3600)
+    train_resources: Resources = Resources("4", "8", "24Gi", "32Gi", 24 * 3600)
+    export_resources: Resources = Resources("2", "4", "8Gi", "16Gi", 3600)
+    # ensemble-infer on the exported model: ONNX Runtime on CPU cores, no GPU.
+    infer_resources: Resources = Resources("8", "16", "16Gi", "24Gi", 6 * 3600)
+    # ensemble-infer on the three checkpoints (export=false): torch on a GPU.
+    infer_gpu_resources: Resources = Resources("4", "8", "16Gi", "24Gi", 6 * 3600)
+    deploy_resources: Resources = Resources("100m", "500m", "256Mi", "512Mi", 1800)
+
+    def with_timeouts(self, timeouts: Dict[str, int]) -> "PipelineOptions":
+        """These options with the pod deadline of each named step (``STEPS``) replaced."""
+        unknown = sorted(set(timeouts) - set(STEPS))
+        if unknown:
+            raise ValueError(f"unknown step {unknown[0]!r}; steps: {', '.join(STEPS)}")
+        changes = {}
+        for step, seconds in timeouts.items():
+            fields = [f"{step}_resources"] + (["infer_gpu_resources"] if step == "infer" else [])
+            for name in fields:
+                changes[name] = replace(getattr(self, name), timeout_s=seconds)
+        return replace(self, **changes)
 
 
-LOCAL_OPTIONS = PipelineOptions(cluster=False, pipeline_root="", retries=0)
+LOCAL_OPTIONS = PipelineOptions(cluster=False, retries=0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -133,10 +158,11 @@ def make_pipeline(options: PipelineOptions = PipelineOptions()):
             resume_bucket: Bucket for per-epoch resume state of retried training pods.
             export: Export the three models as one ONNX model folder (the served model).
             export_precision: fp32, or int8 (ONNX Runtime static quantization calibrated on
-                training photos; ensemble-infer then scores the int8 graph on a CPU node).
-            infer_backend: How ensemble-infer runs the models: auto (the exported graph under
-                ONNX Runtime on a CPU node, torch on a GPU node; the checkpoints under torch
-                with export=false), onnx or torch.
+                training photos; ensemble-infer then scores the int8 graph, which is served).
+            infer_backend: How ensemble-infer runs the models: auto (with export, the
+                exported graph under ONNX Runtime, the served model, on a CPU node; with
+                export=false, the checkpoints under torch on a GPU node), onnx, or torch (with
+                export: the exported folder's checkpoints, on that CPU node).
             deploy: Serve the exported model as a KServe InferenceService (needs export).
             deploy_name: InferenceService name, also the model name in its URLs.
             deploy_namespace: Namespace of the InferenceService; empty: the run's namespace.
@@ -144,7 +170,6 @@ def make_pipeline(options: PipelineOptions = PipelineOptions()):
         index_task = index_data(data_root=data_root, val_fraction=val_fraction, seed=seed)
         index_task.set_display_name("index-data")
         _configure(index_task, options, options.index_resources, gpu=options.index_gpu)
-        index_task.set_caching_options(False)  # data under a prefix can change between runs
 
         models = {}
         for task in TASKS:
@@ -164,7 +189,6 @@ def make_pipeline(options: PipelineOptions = PipelineOptions()):
             )
             train_task.set_display_name(f"train-{task}")
             _configure(train_task, options, options.train_resources, gpu=True, shm=True)
-            train_task.set_caching_options(options.cache_training)
             if options.retries > 0:
                 train_task.set_retry(
                     num_retries=options.retries,
@@ -191,10 +215,12 @@ def make_pipeline(options: PipelineOptions = PipelineOptions()):
             )  # fmt: skip
             export_task.set_display_name("export-model")
             _configure(export_task, options, options.export_resources, gpu=False)
-            # The ensemble scores the exported model folder: the submission and validation
-            # scores are those of the model that gets served.
+            # The ensemble scores the exported model folder on a CPU node, where backend auto
+            # is ONNX Runtime on the graph that gets served (fp32 or int8): the submission and
+            # validation scores are those of the served model, not of its checkpoints.
             infer_task = ensemble_infer(**infer_inputs, exported_model=export_task.outputs["model"])
-            _configure_infer(infer_task, options)
+            infer_task.set_display_name("ensemble-infer")
+            _configure(infer_task, options, options.infer_resources, gpu=False, shm=True)
             with dsl.If(deploy == True, name="deploy"):  # noqa: E712
                 deploy_task = deploy_model(
                     model=export_task.outputs["model"], name=deploy_name, namespace=deploy_namespace,
@@ -202,17 +228,13 @@ def make_pipeline(options: PipelineOptions = PipelineOptions()):
                 )  # fmt: skip
                 deploy_task.set_display_name("deploy")
                 deploy_task.after(infer_task)  # serve only a model that has just been scored
-                deploy_task.set_caching_options(False)  # the cluster's state, not a pure function
                 _configure(deploy_task, options, options.deploy_resources, gpu=False, image=serving_image(options.image))
         with dsl.Else(name="no-export"):
-            _configure_infer(ensemble_infer(**infer_inputs), options)  # the three checkpoints
+            infer_task = ensemble_infer(**infer_inputs)  # the three checkpoints, torch on a GPU
+            infer_task.set_display_name("ensemble-infer")
+            _configure(infer_task, options, options.infer_gpu_resources, gpu=True, shm=True)
 
     return maskpipe_pipeline
-
-
-def _configure_infer(task: dsl.PipelineTask, options: PipelineOptions) -> None:
-    task.set_display_name("ensemble-infer")
-    _configure(task, options, options.infer_resources, gpu=True, shm=True)
 
 
 def _configure(
@@ -226,7 +248,15 @@ def _configure(
 ) -> None:
     """Apply the image and the cluster settings of one step (only the image for local runs);
     ``image``: the step's own image when it is not the pipeline image (the deploy step runs in
-    the serving image)."""
+    the serving image).
+
+    No step caches. KFP's cache key holds the input artifacts' ids, and index-data must run
+    every time (the objects under a data prefix can change while its name stays), so every
+    later step gets a new index artifact and a key that never matched an earlier run; the
+    training steps also take the run id, which keys their resume state. A cache flag that
+    cannot hit would only mislead (docs/pipeline.md, "Caching").
+    """
+    task.set_caching_options(False)
     if image is not None:
         if image != serving_image(IMAGE):
             task.set_container_image(image)
@@ -236,12 +266,18 @@ def _configure(
         return
     task.set_cpu_request(resources.cpu_request).set_cpu_limit(resources.cpu_limit)
     task.set_memory_request(resources.memory_request).set_memory_limit(resources.memory_limit)
+    kubernetes.set_timeout(task, resources.timeout_s)
     if gpu and options.gpus > 0:
         task.set_accelerator_type(options.gpu_type).set_accelerator_limit(options.gpus)
         if options.gpu_node_selector:
             kubernetes.add_node_selector(task, *options.gpu_node_selector)
         if options.gpu_toleration:
             kubernetes.add_toleration(task, **options.gpu_toleration)
+    else:
+        # CUDA base images (pytorch/pytorch among them) set NVIDIA_VISIBLE_DEVICES=all; on a
+        # node whose default container runtime is NVIDIA's, a pod that requested no GPU would
+        # still see every GPU there (and ensemble-infer's auto would pick torch over the graph).
+        task.set_env_variable("NVIDIA_VISIBLE_DEVICES", "void")
     if shm:
         # DataLoader workers share batches through /dev/shm; the container default is 64 MiB.
         kubernetes.empty_dir_mount(

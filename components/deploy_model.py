@@ -21,7 +21,7 @@ def deploy_model(
     (``docker/Dockerfile.serve``); KServe's storage initializer reads the model folder from
     the object store with the S3 Secret of ``service_account`` (``k8s/serving/``). Runs in the
     serving image, whose ServiceAccount must be allowed to create InferenceServices
-    (``k8s/serving/deployer-rbac.yaml``). ``run-local --deploy`` runs it in the serving
+    (``k8s/serving/deployer-role.yaml``). ``run-local --deploy`` runs it in the serving
     environment against the API of the kubeconfig (``$KUBECONFIG``).
 
     Args:

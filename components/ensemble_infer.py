@@ -32,7 +32,9 @@ def ensemble_infer(
     ``predict_rows_probs`` + ``maskpipe.metrics.classification_metrics`` for the validation
     people (the index's ``split == "val"`` rows), whose labels are known. Given
     ``exported_model`` (what ``export-model`` wrote), it runs that folder, so the scores are
-    those of the model that is served; otherwise the three checkpoints.
+    those of the model that is served; otherwise the three checkpoints. On a cluster the
+    pipeline runs the first on a CPU node that sees no GPU, where ``auto`` is ONNX Runtime on
+    the exported graph (fp32 or int8, what ``deploy`` serves), and the second on a GPU node.
 
     Args:
         index: Folder written by ``index-data`` (``index.parquet``, ``index.eval.parquet``).
@@ -53,8 +55,9 @@ def ensemble_infer(
         overrides: Extra ``key=value`` config overrides (``infer.*`` keys apply here).
         tta: Average the predictions of each image and its horizontal flip (an exported
             model has TTA inside its graph or not; asking for TTA it lacks is an error).
-        backend: ``auto``: the exported graph under ONNX Runtime on a CPU node, its checkpoints
-            under torch on a GPU node; without an exported model, torch. Or ``onnx``/``torch``.
+        backend: ``auto``: the exported graph under ONNX Runtime where no CUDA device is
+            visible (the pipeline's CPU node), its checkpoints under torch where one is (a
+            local run on a GPU machine); without an exported model, torch. Or ``onnx``/``torch``.
     """
     from pathlib import Path
 

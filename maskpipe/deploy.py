@@ -34,7 +34,8 @@ SERVING_PORT = 8080
 MODEL_MOUNT = "/mnt/models"
 DEFAULT_SERVICE_ACCOUNT = "maskpipe-serving"
 # The Role a 403 tells the user to apply (relative to the repository root).
-DEPLOYER_RBAC = "k8s/serving/deployer-rbac.yaml"
+# The deployer Role; k8s/overlays/{profile,standalone} bind it to the runs' ServiceAccount.
+DEPLOYER_RBAC = "k8s/serving/deployer-role.yaml"
 # A pod's own namespace, as Kubernetes mounts it with the ServiceAccount token.
 POD_NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
@@ -324,8 +325,9 @@ def _call(method, verb: str, meta: Any, *args, missing_ok: bool = False, **kwarg
             raise MaskpipeError(
                 f"the Kubernetes API refused (403 Forbidden) to {verb} InferenceService {where}: "
                 f"{reason}; let the deploy step's ServiceAccount {verb} inferenceservices.serving.kserve.io "
-                f"in namespace {meta.namespace!r} by applying the Role and RoleBinding of {DEPLOYER_RBAC} there "
-                f"(subject: the ServiceAccount the pipeline's pods run as)"
+                f"in namespace {meta.namespace!r}: apply the Role {DEPLOYER_RBAC} with its binding "
+                f"(kubectl apply -k k8s/overlays/profile, or k8s/overlays/standalone; subject: the "
+                f"ServiceAccount the pipeline's pods run as)"
             ) from None
         if api.status == 401:
             raise MaskpipeError(

@@ -2,10 +2,17 @@
 
 import argparse
 import os
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from components import IMAGE
-from pipeline import DEFAULT_MINIO_ENDPOINT, DEFAULT_PIPELINE_ROOT, DEFAULT_SECRET, PipelineOptions
+from components.image import DEFAULT_IMAGE, DEFAULT_IMAGE_PINNED
+from pipeline import (
+    DEFAULT_MINIO_ENDPOINT,
+    DEFAULT_SECRET,
+    LEGACY_MINIO_ENDPOINT,
+    STEPS,
+    PipelineOptions,
+)
 
 TOKEN_ENV = "KF_PIPELINES_TOKEN"
 TOKEN_FILE_ENV = "KF_PIPELINES_TOKEN_FILE"
@@ -53,8 +60,16 @@ def pipeline_arguments(args: argparse.Namespace) -> Dict[str, Any]:
 
 def options_from_args(args: argparse.Namespace) -> PipelineOptions:
     """Compile-time options from the cluster flags."""
-    return PipelineOptions(
-        image=args.image or IMAGE,
+    image = args.image or IMAGE
+    chosen = bool(args.image) or bool(os.environ.get("MASKPIPE_IMAGE", "").strip())
+    if not chosen and image == DEFAULT_IMAGE and not DEFAULT_IMAGE_PINNED:
+        raise argparse.ArgumentTypeError(
+            f"cannot tell the commit of this checkout (no git), so the default image would be "
+            f"the moving tag {DEFAULT_IMAGE}; pass --image REPOSITORY:sha-<commit> (what CI "
+            f"publishes), or --image {DEFAULT_IMAGE} to choose the moving tag"
+        )
+    options = PipelineOptions(
+        image=image,
         pipeline_root=args.pipeline_root,
         secret_name=args.secret_name,
         access_key_key=args.access_key_key,
@@ -70,8 +85,28 @@ def options_from_args(args: argparse.Namespace) -> PipelineOptions:
         image_pull_secret=args.image_pull_secret,
         shm_size=args.shm_size,
         retries=args.retries,
-        cache_training=args.cache_training,
     )
+    return options.with_timeouts(_parse_step_timeouts(args.step_timeout))
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _parse_step_timeouts(items: List[str]) -> Dict[str, int]:
+    """``["train=12h", "infer=90m"]`` -> ``{"train": 43200, "infer": 5400}`` (``all=`` sets every step)."""
+    timeouts: Dict[str, int] = {}
+    for item in items:
+        step, sep, text = item.partition("=")
+        step, text = step.strip(), text.strip().lower()
+        number, unit = (text[:-1], text[-1]) if text[-1:] in _UNITS else (text, "s")
+        if not sep or step not in (*STEPS, "all") or not number.isdigit() or int(number) <= 0:
+            raise argparse.ArgumentTypeError(
+                f"--step-timeout must be STEP=DURATION with STEP one of {', '.join(STEPS)} or all "
+                f"and DURATION a positive number of s, m, h or d, e.g. train=12h; got {item!r}"
+            )
+        seconds = int(number) * _UNITS[unit]
+        timeouts.update(dict.fromkeys(STEPS, seconds) if step == "all" else {step: seconds})
+    return timeouts
 
 
 def _parse_node_selector(text: Optional[str]) -> Optional[Tuple[str, str]]:
@@ -151,27 +186,33 @@ def param_args(p: argparse.ArgumentParser) -> None:
 
 def cluster_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("cluster settings (compiled into the pipeline)")
-    g.add_argument("--image", help=f"container image (default {IMAGE}; or $MASKPIPE_IMAGE)")
-    g.add_argument("--pipeline-root", default=DEFAULT_PIPELINE_ROOT,
-                   help="artifact root, e.g. minio://mlpipeline/v2/artifacts")
+    g.add_argument("--image", help=f"container image (default {IMAGE}: this checkout's commit, "
+                   "as CI tags it; or $MASKPIPE_IMAGE)")
+    g.add_argument("--pipeline-root", default="",
+                   help="artifact root compiled in and sent with the run (default none: the "
+                   "namespace's own, e.g. a Kubeflow profile's minio://mlpipeline/"
+                   "private-artifacts/<ns>/v2/artifacts)")
     g.add_argument("--secret-name", default=DEFAULT_SECRET, help="Secret with MinIO keys")
     g.add_argument("--access-key-key", default="accesskey", help="its key -> MINIO_ACCESS_KEY")
     g.add_argument("--secret-key-key", default="secretkey", help="its key -> MINIO_SECRET_KEY")
     g.add_argument("--minio-endpoint", default=DEFAULT_MINIO_ENDPOINT,
-                   help="MINIO_ENDPOINT host:port (plain env); empty to leave unset")
+                   help=f"MINIO_ENDPOINT host:port (plain env; default KFP 2.16+'s SeaweedFS, "
+                   f"{DEFAULT_MINIO_ENDPOINT}; older installs: {LEGACY_MINIO_ENDPOINT}); "
+                   "empty to leave unset")
     g.add_argument("--endpoint-secret-key", default="",
                    help="take MINIO_ENDPOINT from this key of the secret instead")
     g.add_argument("--minio-secure", action="store_true", help="MinIO speaks TLS")
     g.add_argument("--gpu-type", default="nvidia.com/gpu")
-    g.add_argument("--gpus", type=int, default=1, help="GPUs per training/inference step (0: CPU)")
+    g.add_argument("--gpus", type=int, default=1, help="GPUs per training step and per checkpoint inference (export=false); 0: CPU")
     g.add_argument("--index-gpu", action="store_true", help="give index-data a GPU too")
     g.add_argument("--gpu-node-selector", help="KEY=VALUE node label for GPU steps")
     g.add_argument("--gpu-toleration", help="KEY[=VALUE][:EFFECT], e.g. nvidia.com/gpu:NoSchedule")
     g.add_argument("--image-pull-secret", default="")
     g.add_argument("--shm-size", default="8Gi", help="size of the memory-backed /dev/shm")
     g.add_argument("--retries", type=int, default=2, help="retries of each training step")
-    g.add_argument("--cache-training", action="store_true",
-                   help="let KFP reuse cached training results (off by default)")
+    g.add_argument("--step-timeout", action="append", default=[], metavar="STEP=DURATION",
+                   help=f"pod deadline of a step ({', '.join(STEPS)} or all), e.g. train=12h, "
+                   "repeatable (defaults: index 2h, train 24h, export 1h, infer 6h, deploy 30m)")
 
 
 def client_args(p: argparse.ArgumentParser) -> None:

@@ -18,6 +18,7 @@ from pipeline_cli.arguments import (
     pipeline_arguments,
 )
 from pipeline_cli.api_errors import ClusterError, check_api, explain_api_error
+from pipeline_cli.profile_paths import check_profile_paths
 
 
 def make_client(args: argparse.Namespace):
@@ -83,6 +84,21 @@ def _profile_namespace(args: argparse.Namespace) -> Optional[str]:
 def submit(args: argparse.Namespace) -> Any:
     """Compile with the cluster flags and start a run; returns kfp's RunPipelineResult."""
     arguments = pipeline_arguments(args)  # a usage error before any request
+    refusal = check_profile_paths(
+        [("--data", arguments["data_root"], ""), ("--resume-bucket", arguments["resume_bucket"], "runs"),
+         ("--pipeline-root", args.pipeline_root, "")],
+        _profile_namespace(args),
+    )  # fmt: skip
+    if refusal:
+        raise ClusterError(refusal)
+    serving_namespace = arguments["deploy_namespace"] or args.namespace or "kubeflow"
+    if arguments["deploy"] and serving_namespace == "kubeflow":
+        raise ClusterError(
+            "--deploy would create the InferenceService in namespace kubeflow, which KServe "
+            "skips (its control-plane label: the model never reaches /mnt/models); pass "
+            "--deploy-namespace maskpipe-serving after `kubectl apply -k k8s/overlays/standalone`, "
+            "or run in your profile namespace (--namespace)"
+        )
     client = make_client(args)
     with tempfile.TemporaryDirectory() as tmp:
         package = Path(args.package) if args.package else compile_pipeline(
@@ -98,7 +114,8 @@ def submit(args: argparse.Namespace) -> Any:
                 run_name=run_name,
                 experiment_name=args.experiment,
                 namespace=_profile_namespace(args),
-                pipeline_root=args.pipeline_root,
+                # None unless asked: a root sent with the run overrides the namespace's own.
+                pipeline_root=args.pipeline_root or None,
                 service_account=args.service_account,
             )
     print(f"run id: {result.run_id}")

@@ -4,8 +4,8 @@ The deploy step runs the kserve SDK, which lives in the serving environment (kse
 pandas<3), so those tests run the component's function there, as the deploy step runs in the
 serving image, against tests/fake_kube.py's API on loopback (found through KUBECONFIG). The
 end-to-end test (slow) runs ``pipeline.py run-local --deploy`` and then classifies photos with
-the server started from the InferenceService it created. The manifests under k8s/serving/ are
-rendered and validated like tests/test_k8s.py does.
+the server started from the InferenceService it created.
+The manifests under k8s/ (ServiceAccount, S3 Secret, deployer Role) are tests/test_k8s.py's.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import threading
@@ -24,7 +23,6 @@ import pandas as pd
 import pytest
 from datafactory import make_dataset
 from fake_kube import FakeKubeAPI
-from test_k8s import K8S, find, render, validate
 from test_serve import serve_python
 from tiny import TINY_OVERRIDES
 
@@ -333,48 +331,8 @@ def test_run_local_deploy_serves_the_exported_model_and_a_photo_gets_its_class(t
         finally:
             kserve.stop()
 
-# ---------------------------------------------------------------- k8s/serving/
-
-
-@pytest.fixture(scope="module")
-def serving_resources(tmp_path_factory) -> list[dict]:
-    copy = tmp_path_factory.mktemp("k8s-serving") / "serving"
-    shutil.copytree(K8S / "serving", copy, ignore=shutil.ignore_patterns("s3.env"))
-    (copy / "s3.env").write_text("AWS_ACCESS_KEY_ID=maskpipe-test-key\nAWS_SECRET_ACCESS_KEY=maskpipe-test-secret\n")
-    return render(copy)
-
-
-def test_serving_manifests_render_and_validate_strictly(serving_resources):
-    assert {r["kind"] for r in serving_resources} == {"ServiceAccount", "Secret", "Role", "RoleBinding"}
-    for resource in serving_resources:
-        validate(resource)
-        assert resource["metadata"]["namespace"] == "kubeflow"
-
-
-def test_predictor_service_account_carries_the_s3_secret_pointed_at_minio(serving_resources):
-    account = find(serving_resources, "ServiceAccount", DEFAULT_SERVICE_ACCOUNT)
-    (listed,) = account["secrets"]
-    secret = find(serving_resources, "Secret", listed["name"])
-    assert set(secret["data"]) == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
-    annotations = secret["metadata"]["annotations"]
-    assert annotations["serving.kserve.io/s3-endpoint"] == pipeline.DEFAULT_MINIO_ENDPOINT
-    assert annotations["serving.kserve.io/s3-usehttps"] == "0"
-
-
-def test_deploy_step_may_manage_inference_services_and_nothing_else(serving_resources):
-    (rule,) = find(serving_resources, "Role", "maskpipe-deployer")["rules"]
-    assert rule["apiGroups"] == ["serving.kserve.io"] and rule["resources"] == ["inferenceservices"]
-    assert {"create", "update", "get", "watch"} <= set(rule["verbs"]) and "delete" not in rule["verbs"]
-    binding = find(serving_resources, "RoleBinding", "maskpipe-deployer")
-    assert binding["roleRef"]["name"] == "maskpipe-deployer"
-    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "pipeline-runner", "namespace": "kubeflow"}]
-
-
-def test_serving_credentials_file_is_gitignored_and_its_template_holds_names_only():
-    result = subprocess.run(["git", "check-ignore", "-q", "k8s/serving/s3.env"], cwd=ROOT)
-    assert result.returncode == 0
-    lines = [l for l in (K8S / "serving" / "s3.env.example").read_text().splitlines() if l and not l.startswith("#")]
-    assert lines == ["AWS_ACCESS_KEY_ID=", "AWS_SECRET_ACCESS_KEY="]
+# ---------------------------------------------------------------- the component's wiring
+# (k8s/serving/ and its overlays: tests/test_k8s.py)
 
 
 def test_deploy_component_defaults_match_the_wiring():

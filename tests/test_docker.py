@@ -337,8 +337,11 @@ def test_components_default_image_is_docker_image_file(monkeypatch):
     monkeypatch.delenv("MASKPIPE_IMAGE", raising=False)
     monkeypatch.syspath_prepend(str(ROOT))
     module = importlib.reload(importlib.import_module("components.image"))
-    assert module.DEFAULT_IMAGE == docker_image_file()
-    assert module.IMAGE == docker_image_file()
+    # docker/IMAGE names the repository (and its moving tag); the default is pinned to this
+    # checkout's commit, the :sha-<commit> tag the images workflow publishes.
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+    repository = docker_image_file().rsplit(":", 1)[0]
+    assert module.DEFAULT_IMAGE == module.IMAGE == f"{repository}:sha-{commit}"
 
 
 # ---------------------------------------------------------------- workflows

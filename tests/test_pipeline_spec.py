@@ -6,6 +6,7 @@ spec, then the Kubernetes platform spec), not the Python objects that produced i
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -44,8 +45,6 @@ def compile_yaml(tmp_path: Path, *extra: str, env: dict[str, str] | None = None)
 @pytest.fixture(scope="module")
 def compiled(tmp_path_factory) -> tuple[str, dict, dict]:
     """(raw YAML, pipeline spec, Kubernetes platform spec) compiled with fake credentials set."""
-    import os
-
     tmp = tmp_path_factory.mktemp("spec")
     env = {**os.environ, **FAKE_SECRETS}
     text = compile_yaml(
@@ -82,6 +81,10 @@ def _dags(spec: dict) -> dict[str, dict]:
 
 # The two ensemble-infer tasks, one per branch of the `export` condition.
 INFER_STEPS = ("ensemble-infer@export", "ensemble-infer@no-export")
+# The steps that get a GPU: training, and ensemble-infer on the three checkpoints. The
+# export branch's ensemble-infer scores the exported graph with ONNX Runtime on a CPU node.
+GPU_STEPS = (*TRAIN_STEPS, "ensemble-infer@no-export")
+ALL_STEPS = ("index-data", *TRAIN_STEPS, "export-model", *INFER_STEPS, "deploy")
 
 
 def key_of(spec: dict, display_name: str) -> str:
@@ -221,13 +224,28 @@ def test_every_step_has_one_html_report_for_the_ui(compiled):
         assert html == ["html_report"], name
 
 
-def test_training_and_inference_request_one_gpu_but_indexing_none(compiled):
+def test_training_and_checkpoint_inference_request_one_gpu_and_nothing_else_does(compiled):
     _, spec, _ = compiled
-    for name in (*TRAIN_STEPS, *INFER_STEPS):
+    for name in GPU_STEPS:
         accelerator = container_of(spec, name)["resources"]["accelerator"]
         assert accelerator["resourceType"] == "nvidia.com/gpu", name
         assert int(accelerator["resourceCount"]) == 1, name
-    assert "accelerator" not in container_of(spec, "index-data").get("resources", {})
+    for name in set(ALL_STEPS) - set(GPU_STEPS):
+        assert "accelerator" not in container_of(spec, name).get("resources", {}), name
+
+
+def test_exported_model_is_scored_on_a_cpu_node_that_sees_no_gpu(compiled):
+    """On a cluster the export branch scores the served graph: no GPU is requested, and the
+    CUDA base image's NVIDIA_VISIBLE_DEVICES=all is overridden, so backend auto cannot find CUDA
+    (on a node whose default runtime is NVIDIA's) and runs ONNX Runtime."""
+    _, spec, _ = compiled
+    container = container_of(spec, "ensemble-infer@export")
+    assert "accelerator" not in container["resources"]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env["NVIDIA_VISIBLE_DEVICES"] == "void"
+    assert int(container["resources"]["resourceCpuLimit"]) >= 8  # ONNX Runtime uses the cores
+    gpu_env = {e["name"] for e in container_of(spec, "ensemble-infer@no-export")["env"]}
+    assert "NVIDIA_VISIBLE_DEVICES" not in gpu_env  # the device plugin decides there
 
 
 def test_index_gpu_flag_gives_indexing_a_gpu(tmp_path):
@@ -237,7 +255,7 @@ def test_index_gpu_flag_gives_indexing_a_gpu(tmp_path):
 
 def test_every_step_has_cpu_and_memory_requests_and_limits(compiled):
     _, spec, _ = compiled
-    for name in ("index-data", *TRAIN_STEPS, *INFER_STEPS):
+    for name in ALL_STEPS:
         resources = container_of(spec, name)["resources"]
         for field in ("resourceCpuRequest", "resourceCpuLimit", "resourceMemoryRequest", "resourceMemoryLimit"):
             assert resources.get(field), (name, field)
@@ -253,13 +271,13 @@ def test_gpu_steps_mount_memory_backed_dev_shm(compiled):
 
 def test_every_step_gets_minio_keys_from_the_secret(compiled):
     _, spec, platform = compiled
-    for name in ("index-data", *TRAIN_STEPS, *INFER_STEPS):
+    for name in ALL_STEPS:
         (secret,) = k8s_of(spec, platform, name)["secretAsEnv"]
         assert secret["secretNameParameter"]["runtimeValue"]["constant"] == "maskpipe-minio"
         env = {m["envVar"]: m["secretKey"] for m in secret["keyToEnv"]}
         assert env == {"MINIO_ACCESS_KEY": "accesskey", "MINIO_SECRET_KEY": "secretkey"}
         plain_env = {e["name"]: e["value"] for e in container_of(spec, name)["env"]}
-        assert plain_env["MINIO_ENDPOINT"] == pipeline.DEFAULT_MINIO_ENDPOINT
+        assert plain_env["MINIO_ENDPOINT"] == "seaweedfs.kubeflow:9000"  # KFP 2.16+'s store
         assert "MINIO_ACCESS_KEY" not in plain_env and "MINIO_SECRET_KEY" not in plain_env
 
 
@@ -273,15 +291,29 @@ def test_endpoint_can_come_from_the_secret(tmp_path):
     assert "MINIO_ENDPOINT" not in {e["name"] for e in container_of(spec, "train-age")["env"]}
 
 
+def test_default_secret_is_the_one_kfp_puts_in_every_namespace(tmp_path):
+    spec, platform = list(yaml.safe_load_all(compile_yaml(tmp_path)))
+    (secret,) = k8s_of(spec, platform, "index-data")["secretAsEnv"]
+    assert secret["secretNameParameter"]["runtimeValue"]["constant"] == "mlpipeline-minio-artifact"
+    assert {m["secretKey"] for m in secret["keyToEnv"]} == {"accesskey", "secretkey"}
+
+
+def test_older_installs_get_minio_service_by_the_endpoint_flag(tmp_path):
+    spec = next(yaml.safe_load_all(compile_yaml(tmp_path, "--minio-endpoint", pipeline.LEGACY_MINIO_ENDPOINT)))
+    env = {e["name"]: e["value"] for e in container_of(spec, "train-mask")["env"]}
+    assert env["MINIO_ENDPOINT"] == "minio-service.kubeflow:9000"
+
+
 def test_gpu_steps_get_node_selector_and_toleration_when_asked(compiled):
     _, spec, platform = compiled
-    for name in (*TRAIN_STEPS, *INFER_STEPS):
+    for name in GPU_STEPS:
         k8s = k8s_of(spec, platform, name)
         assert k8s["nodeSelector"]["labels"] == {"nvidia.com/gpu.present": "true"}
         assert k8s["tolerations"] == [
             {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
         ]
-    assert "nodeSelector" not in k8s_of(spec, platform, "index-data")
+    for name in set(ALL_STEPS) - set(GPU_STEPS):
+        assert "nodeSelector" not in k8s_of(spec, platform, name), name
 
 
 def test_no_node_selector_or_toleration_by_default(tmp_path):
@@ -290,22 +322,96 @@ def test_no_node_selector_or_toleration_by_default(tmp_path):
     assert "nodeSelector" not in k8s and "tolerations" not in k8s
 
 
-def test_training_steps_retry_and_do_not_cache(compiled):
+def test_training_steps_retry(compiled):
     _, spec, _ = compiled
     tasks = tasks_by_display_name(spec)
     for name in TRAIN_STEPS:
         assert tasks[name]["retryPolicy"]["maxRetryCount"] == 2, name
-        assert tasks[name]["cachingOptions"].get("enableCache", False) is False, name
     assert "retryPolicy" not in tasks["index-data"]
-    assert tasks["index-data"]["cachingOptions"].get("enableCache", False) is False
 
 
-def test_cache_training_flag_enables_training_cache(tmp_path):
-    spec = next(yaml.safe_load_all(compile_yaml(tmp_path, "--cache-training", "--retries", "0")))
+def test_no_step_caches_because_no_cache_key_could_hit(compiled):
+    """KFP's cache key holds the ids of the input artifacts. index-data must rerun every time
+    (a data prefix can change under the same name), so every later step gets a new index
+    artifact and could never hit; the trainings also take the per-run run id. See
+    docs/pipeline.md, "Caching"."""
+    _, spec, _ = compiled
     tasks = tasks_by_display_name(spec)
+    for name in ALL_STEPS:
+        assert tasks[name]["cachingOptions"].get("enableCache", False) is False, name
     for name in TRAIN_STEPS:
-        assert tasks[name]["cachingOptions"] == {"enableCache": True}
-        assert "retryPolicy" not in tasks[name]
+        assert tasks[name]["inputs"]["parameters"]["run_id"]["runtimeValue"]["constant"] == "{{$.pipeline_job_uuid}}"
+    index_artifact = {"taskOutputArtifact": {"outputArtifactKey": "index", "producerTask": key_of(spec, "index-data")}}
+    for name in TRAIN_STEPS:
+        assert tasks[name]["inputs"]["artifacts"]["index"] == index_artifact, name
+
+
+def test_there_is_no_cache_flag(tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(REPO / "pipeline.py"), "compile", "-o", str(tmp_path / "p.yaml"), "--cache-training"],
+        cwd=REPO, capture_output=True, text=True,
+    )  # fmt: skip
+    assert result.returncode == 2 and "--cache-training" in result.stderr
+
+
+def test_every_step_has_a_pod_deadline(compiled):
+    _, spec, platform = compiled
+    expected = {"index-data": 7200, "export-model": 3600, "deploy": 1800,
+                **dict.fromkeys(TRAIN_STEPS, 86400), **dict.fromkeys(INFER_STEPS, 21600)}  # fmt: skip
+    for name in ALL_STEPS:
+        assert int(k8s_of(spec, platform, name)["activeDeadlineSeconds"]) == expected[name], name
+
+
+def test_step_timeout_flag_sets_one_step_or_all(tmp_path):
+    spec, platform = list(yaml.safe_load_all(compile_yaml(tmp_path, "--step-timeout", "all=3h", "--step-timeout", "train=90m")))
+    for name in ALL_STEPS:
+        expected = 90 * 60 if name in TRAIN_STEPS else 3 * 3600
+        assert int(k8s_of(spec, platform, name)["activeDeadlineSeconds"]) == expected, name
+
+
+@pytest.mark.parametrize("value", ["train", "train=0", "train=5x", "fit=1h"])
+def test_bad_step_timeout_is_rejected_with_the_expected_form(tmp_path, value):
+    result = subprocess.run(
+        [sys.executable, str(REPO / "pipeline.py"), "compile", "-o", str(tmp_path / "p.yaml"), "--step-timeout", value],
+        cwd=REPO, capture_output=True, text=True,
+    )  # fmt: skip
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert "--step-timeout" in line and value in line and "train=12h" in line
+    assert not (tmp_path / "p.yaml").exists()
+
+
+def test_default_image_is_pinned_to_this_checkouts_commit(tmp_path):
+    """CI publishes :sha-<commit> for every commit on main; :main moves, and a node that has
+    it already (IfNotPresent) would run a stale image."""
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
+    env = {k: v for k, v in os.environ.items() if k not in ("MASKPIPE_IMAGE", "MASKPIPE_SERVE_IMAGE")}
+    spec = next(yaml.safe_load_all(compile_yaml(tmp_path, env=env)))
+    assert container_of(spec, "train-mask")["image"] == f"ghcr.io/maskpipe/maskpipe:sha-{commit}"
+    assert container_of_component(spec, "deploy-model")["image"] == f"ghcr.io/maskpipe/maskpipe:sha-{commit}-serve"
+
+
+def test_moving_tag_only_when_chosen(tmp_path):
+    spec = next(yaml.safe_load_all(compile_yaml(tmp_path, "--image", "ghcr.io/maskpipe/maskpipe:main")))
+    assert container_of(spec, "train-mask")["image"] == "ghcr.io/maskpipe/maskpipe:main"
+
+
+def test_without_git_the_default_image_is_refused_with_the_fix(tmp_path):
+    """A checkout without git cannot name its commit: the cluster compile says so instead of
+    falling back to the moving tag."""
+    env = {k: v for k, v in os.environ.items() if k not in ("MASKPIPE_IMAGE", "MASKPIPE_SERVE_IMAGE")}
+    env["PATH"] = str(Path(sys.executable).parent)  # no git on PATH
+    result = subprocess.run(
+        [sys.executable, str(REPO / "pipeline.py"), "compile", "-o", str(tmp_path / "p.yaml")],
+        cwd=REPO, env=env, capture_output=True, text=True,
+    )  # fmt: skip
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert "--image" in line and ":sha-" in line and ":main" in line
+    assert not (tmp_path / "p.yaml").exists()
+    # Named explicitly, the moving tag is a choice, not a fallback.
+    spec = next(yaml.safe_load_all(compile_yaml(tmp_path, env={**env, "MASKPIPE_IMAGE": "ghcr.io/maskpipe/maskpipe:main"})))
+    assert container_of(spec, "train-mask")["image"] == "ghcr.io/maskpipe/maskpipe:main"
 
 
 def test_steps_run_in_the_project_image_without_pip_installs(compiled):
@@ -340,9 +446,18 @@ def test_pipeline_parameters_and_defaults(compiled):
     assert params["resume_bucket"]["defaultValue"] == ""
 
 
-def test_default_pipeline_root_is_minio(compiled):
-    _, spec, _ = compiled
-    assert spec["defaultPipelineRoot"] == "minio://mlpipeline/v2/artifacts"
+def test_no_pipeline_root_is_compiled_in_by_default(compiled):
+    """The UI pre-fills a run's root from the spec, and a run's root overrides the Kubeflow
+    profile's own (minio://mlpipeline/private-artifacts/<ns>/v2/artifacts), outside which the
+    namespace's keys may not write."""
+    text, spec, _ = compiled
+    assert "defaultPipelineRoot" not in spec
+    assert "v2/artifacts" not in text
+
+
+def test_pipeline_root_flag_compiles_it_in(tmp_path):
+    spec = next(yaml.safe_load_all(compile_yaml(tmp_path, "--pipeline-root", "minio://mlpipeline/shared/maskpipe")))
+    assert spec["defaultPipelineRoot"] == "minio://mlpipeline/shared/maskpipe"
 
 
 def test_no_secret_value_anywhere_in_the_yaml(compiled):

@@ -237,10 +237,74 @@ def test_session_cookie_is_sent(fake_kfp):
     assert "authorization" not in create.headers
 
 
-def test_default_pipeline_root_is_sent_with_the_run(fake_kfp):
-    pipeline_cli.main(submit_args(fake_kfp, "--token", "t"))
+def test_no_pipeline_root_is_sent_unless_given(fake_kfp):
+    """The run's root overrides the namespace's own (a Kubeflow profile's kfp-launcher
+    defaultPipelineRoot, the one prefix its keys may write artifacts to): leave it out."""
+    assert pipeline_cli.main(submit_args(fake_kfp, "--token", "t")) == 0
     body = fake_kfp.find("POST", f"{API}/runs")[0].json()
-    assert body["runtime_config"]["pipeline_root"] == "minio://mlpipeline/v2/artifacts"
+    assert not body.get("runtime_config", {}).get("pipeline_root")
+    assert "defaultPipelineRoot" not in json.dumps(body["pipeline_spec"])
+
+
+# ---------------------------------------------------------------------------------------------
+# paths a Kubeflow profile namespace's own keys cannot reach, refused before any request
+
+NS = "team-vision"  # submit_args' --namespace
+
+
+@pytest.mark.parametrize(
+    "flag, value",
+    [
+        ("--data", "s3://mlpipeline/competition"),
+        ("--data", "s3://mlpipeline/private/team-other/competition"),
+        ("--data", "s3://mlpipeline/private/team-vision-2/competition"),
+        ("--data", "s3://mlpipeline"),
+        ("--resume-bucket", "mlpipeline"),
+        ("--resume-bucket", "mlpipeline/private-artifacts"),
+        ("--pipeline-root", "minio://mlpipeline/v2/artifacts"),
+    ],
+)  # fmt: skip
+def test_path_outside_the_namespace_prefixes_is_refused_before_sending(flag, value, fake_kfp, capsys):
+    argv = submit_args(fake_kfp, "--token", "t")
+    if flag in argv:
+        argv[argv.index(flag) + 1] = value
+    else:
+        argv += [flag, value]
+    err = run_failing(argv, capsys)
+    (line,) = err.strip().splitlines()
+    assert f"{flag} {value} is outside what namespace {NS}'s keys" in line
+    for prefix in ("artifacts/", f"private-artifacts/{NS}/", f"private/{NS}/", "shared/"):
+        assert f"s3://mlpipeline/{prefix}" in line
+    assert not fake_kfp.requests
+
+
+@pytest.mark.parametrize(
+    "flag, value",
+    [
+        ("--data", f"s3://mlpipeline/private/{NS}/competition"),
+        ("--data", f"s3://mlpipeline/private/{NS}"),
+        ("--data", "s3://mlpipeline/shared/competition"),
+        ("--data", "s3://maskpipe-data/competition"),  # another bucket: its own policy decides
+        ("--resume-bucket", f"mlpipeline/private/{NS}/resume"),
+        ("--pipeline-root", f"minio://mlpipeline/private-artifacts/{NS}/v2/artifacts"),
+    ],
+)  # fmt: skip
+def test_path_the_namespace_may_reach_is_sent(flag, value, fake_kfp):
+    argv = submit_args(fake_kfp, "--token", "t")
+    if flag in argv:
+        argv[argv.index(flag) + 1] = value
+    else:
+        argv += [flag, value]
+    assert pipeline_cli.main(argv) == 0
+    assert fake_kfp.find("POST", f"{API}/runs")
+
+
+def test_without_a_profile_namespace_no_path_is_judged(fake_kfp):
+    argv = submit_args(fake_kfp, "--token", "t", "--data", "s3://mlpipeline/competition")
+    argv[argv.index("--namespace") + 1] = "kubeflow"  # standalone KFP: one namespace, admin keys
+    assert pipeline_cli.main(argv) == 0
+    params = fake_kfp.find("POST", f"{API}/runs")[0].json()["runtime_config"]["parameters"]
+    assert params["data_root"] == "s3://mlpipeline/competition"
 
 
 def test_healthz_is_asked_when_no_namespace_is_given(fake_kfp):
@@ -379,3 +443,19 @@ def test_onnx_inference_without_the_export_is_refused_before_any_request(fake_kf
     err = run_failing(submit_args(fake_kfp, "--no-export", "--infer-backend", "onnx"), capsys)
     assert "--infer-backend onnx" in err and "--no-export" in err
     assert not fake_kfp.requests
+
+
+@pytest.mark.parametrize("extra", [["--namespace", "kubeflow"], ["--deploy-namespace", "kubeflow"]])
+def test_deploy_into_the_kubeflow_namespace_is_refused_before_sending(extra, fake_kfp, capsys):
+    """KServe's pod mutator skips namespaces labelled control-plane, which kubeflow is."""
+    err = run_failing(submit_args(fake_kfp, "--token", "t", "--deploy", *extra), capsys)
+    assert "namespace kubeflow" in err and "--deploy-namespace maskpipe-serving" in err
+    assert not fake_kfp.requests
+
+
+def test_standalone_deploy_into_its_own_namespace_is_sent(fake_kfp):
+    argv = submit_args(fake_kfp, "--token", "t", "--deploy", "--deploy-namespace", "maskpipe-serving")
+    argv[argv.index("--namespace") + 1] = "kubeflow"
+    assert pipeline_cli.main(argv) == 0
+    params = fake_kfp.find("POST", f"{API}/runs")[0].json()["runtime_config"]["parameters"]
+    assert params["deploy"] is True and params["deploy_namespace"] == "maskpipe-serving"
