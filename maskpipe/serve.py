@@ -40,6 +40,7 @@ from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 from maskpipe.data.images import ImageDecodeError
 from maskpipe.data.resize import decode_views
 from maskpipe.model_card import OUTPUT_NAMES
+from maskpipe.quantize import int8_or_fp32_here
 from maskpipe.runtime import EnsembleBackend, answers, open_backend
 
 log = logging.getLogger(__name__)
@@ -367,6 +368,7 @@ async def inference_error_handler(_request, exc: InferenceError) -> JSONResponse
 def serve(model_dir: str | Path, options: ServeOptions) -> None:
     """Verify the model folder, open the backend and serve until SIGTERM/SIGINT."""
     backend = open_backend(model_dir, options.backend, device=options.device)
+    backend = int8_or_fp32_here(backend)  # int8 only where it holds its agreement on this CPU
     from kserve.model_server import app
 
     app.add_middleware(BodyLimit, max_bytes=options.max_body_bytes)
