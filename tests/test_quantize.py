@@ -217,12 +217,16 @@ def _eval_images(data_root: Path, card) -> np.ndarray:
 
 def _qemu() -> str:
     qemu = shutil.which("qemu-x86_64")
-    if qemu is None or platform.machine() != "x86_64":
-        reason = "qemu-x86_64 (Debian's qemu-user) on an x86-64 host runs this process as an AVX2-only CPU"
-        if os.environ.get("MASKPIPE_REQUIRE_QEMU"):
-            pytest.fail(f"MASKPIPE_REQUIRE_QEMU is set but {reason} is missing: apt-get install qemu-user")
-        pytest.skip(f"{reason}; it is not installed (apt-get install qemu-user)")
-    return qemu
+    what = "qemu-x86_64 (Debian's qemu-user, which runs the int8 graph as an AVX2-only CPU)"
+    if platform.machine() != "x86_64":
+        problem = f"this host is {platform.machine()}, not x86-64, where {what} is meant to run"
+    elif qemu is None:
+        problem = f"{what} is not installed (apt-get install qemu-user)"
+    else:
+        return qemu
+    if os.environ.get("MASKPIPE_REQUIRE_QEMU"):
+        pytest.fail(f"MASKPIPE_REQUIRE_QEMU is set but {problem}")
+    pytest.skip(f"{problem}; MASKPIPE_REQUIRE_QEMU=1 makes this a failure")
 
 
 def test_the_card_records_the_cpu_it_was_measured_on_and_keeps_its_held_out_photos(int8_model, data_root):
