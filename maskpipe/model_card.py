@@ -9,6 +9,9 @@ A model folder holds
   int8 weights and activations (:mod:`maskpipe.quantize`); the card's ``onnx_file`` then names
   it, ``precision`` says ``int8`` and ``quantization`` records how it was made and how often it
   agrees with ``model.onnx``, which stays as the fp32 reference;
+* ``int8_check.npz`` (with the int8 graph) - a few of the held-out photos the agreement was
+  measured on, decoded as the graph takes them, so ``maskpipe serve`` can measure it again on
+  the CPU it serves from (:func:`maskpipe.quantize.int8_or_fp32_here`);
 * ``checkpoints/{mask,gender,age}/`` - the three source checkpoints, for the torch backend
   (a GPU node) and for provenance;
 * ``model.json`` - the card: class names, input size and resize rule, the source checkpoints
@@ -34,6 +37,8 @@ CARD_FILE = "model.json"
 ONNX_FILE = "model.onnx"
 # The int8 graph `maskpipe export --quantize int8` writes beside the fp32 one (maskpipe.quantize).
 INT8_ONNX_FILE = "model.int8.onnx"
+# Held-out photos (uint8 NHWC, key "images") the int8 agreement is re-measured on at serve time.
+INT8_CHECK_FILE = "int8_check.npz"
 PRECISIONS = ("fp32", "int8")
 CHECKPOINTS_DIR = "checkpoints"
 CARD_FORMAT = 1

@@ -1,15 +1,25 @@
 """Post-training static int8 quantization of an exported model folder's graph.
 
 ``model.onnx`` (fp32) is quantized with ONNX Runtime's static quantizer into
-``model.int8.onnx``: int8 weights per output channel, uint8 activations whose ranges are
-measured (MinMax) on calibration photos, Conv/MatMul/Gemm only, QDQ format, after ORT's
-pre-processing (shape inference and graph clean-up). Calibration photos are decoded with
-:func:`maskpipe.data.resize.decode_views` at the card's view, exactly as the served graph's
-input is.
+``model.int8.onnx``: int8 weights per output channel in 7 bits (``reduce_range``), uint8
+activations whose ranges are measured (MinMax) on calibration photos, Conv/MatMul/Gemm only,
+QDQ format, after ORT's pre-processing (shape inference and graph clean-up). Calibration
+photos are decoded with :func:`maskpipe.data.resize.decode_views` at the card's view, exactly
+as the served graph's input is.
+
+Why 7-bit weights: on an x86 CPU without VNNI (AVX2, or AVX-512 without VNNI) ONNX Runtime
+sums pairs of uint8 x int8 products in saturating 16 bits (``VPMADDUBSW``); 255 x 127 x 2
+overflows it, 255 x 63 x 2 does not. With full-range weights the same int8 graph gave other
+answers on such a CPU than on a VNNI one; with 7-bit weights its integer arithmetic, and so
+its answers, are the same on both (docs/serving.md has the measurements).
 
 The photos are a seeded sample split in two halves: one half calibrates, the other, unseen by
 the calibration, measures how often the int8 graph gives the fp32 graph's answers. The card
-records that measurement beside the method, so a reader can judge the trade before serving it.
+records that measurement beside the method and the CPU features it was measured with
+(:func:`maskpipe.cpu.cpu_features`), so a reader can judge the trade before serving it, and
+keeps up to :data:`CHECK_SAMPLE_IMAGES` of the held-out photos (``int8_check.npz``, hashed like
+every file) on which :func:`int8_or_fp32_here` measures it again on the serving CPU before
+``maskpipe serve`` reports ready.
 ``model.onnx`` stays in the folder as the reference; the card's ``onnx_file`` names the int8
 graph, which is what ``maskpipe infer --backend onnx`` and ``maskpipe serve`` then run.
 
@@ -32,6 +42,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from maskpipe.atomic import atomic_dir, write_json
+from maskpipe.cpu import cpu_features, describe
 from maskpipe.data.images import default_workers, has_image_extension
 from maskpipe.data.layout import detect_layout, is_hidden
 from maskpipe.data.resize import View, decode_views
@@ -40,9 +51,11 @@ from maskpipe.labels import TASKS
 from maskpipe.model_card import (
     CARD_FILE,
     INPUT_NAME,
+    INT8_CHECK_FILE,
     INT8_ONNX_FILE,
     ONNX_FILE,
     OUTPUT_NAMES,
+    ModelCard,
     list_files,
     read_model_dir,
 )
@@ -58,9 +71,18 @@ BATCH_SIZE = 32
 QUANTIZED_OP_TYPES = ("Conv", "MatMul", "Gemm")
 METHOD = (
     "onnxruntime.quantization.quantize_static after quant_pre_process: QDQ format, MinMax "
-    "calibration, int8 weights (symmetric, per output channel), uint8 activations "
-    "(asymmetric, per tensor), Conv/MatMul/Gemm quantized, every other op in fp32"
+    "calibration, int8 weights (symmetric, per output channel, 7-bit range: reduce_range, so "
+    "x86 kernels without VNNI do not saturate), uint8 activations (asymmetric, per tensor), "
+    "Conv/MatMul/Gemm quantized, every other op in fp32"
 )
+# Held-out photos kept in the folder for the serve-time check: each costs one fp32 and one
+# int8 forward pass at server start.
+CHECK_SAMPLE_IMAGES = 32
+# By default the serve-time check wants the card's figure on those photos, less this much.
+CHECK_TOLERANCE = 0.02
+MIN_AGREEMENT_ENV = "MASKPIPE_INT8_MIN_AGREEMENT"
+ON_FAILURE_ENV = "MASKPIPE_INT8_ON_FAILURE"
+ON_FAILURE_CHOICES = ("fp32", "refuse")
 CALIBRATION_HELP = (
     "pass a data root in the competition layout (train/images/<id>_<gender>_<race>_<age>/*.jpg) "
     "or a folder of .jpg/.jpeg/.png photos like the ones the model will see"
@@ -69,6 +91,10 @@ CALIBRATION_HELP = (
 
 class CalibrationError(MaskpipeError):
     """The calibration photos cannot be found, read or split."""
+
+
+class Int8CheckError(MaskpipeError):
+    """The int8 graph does not hold its agreement on this CPU, and fp32 was not allowed."""
 
 
 def find_calibration_images(path: str | os.PathLike[str]) -> list[Path]:
@@ -170,6 +196,7 @@ def quantize_graph(fp32_path: Path, int8_path: Path, calibration: np.ndarray, ba
             Batches(),
             quant_format=QuantFormat.QDQ,
             per_channel=True,
+            reduce_range=True,
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
             op_types_to_quantize=list(QUANTIZED_OP_TYPES),
@@ -223,7 +250,14 @@ def add_int8_graph(
     reference_path, int8_path = card.folder / ONNX_FILE, card.folder / INT8_ONNX_FILE
     quantize_graph(reference_path, int8_path, decode_batch(calibrate_on, card.view))
     check_images = decode_batch(check_on, card.view)
-    measured = compare_outputs(run_graph(reference_path, check_images), run_graph(int8_path, check_images))
+    reference, quantized = run_graph(reference_path, check_images), run_graph(int8_path, check_images)
+    measured = compare_outputs(reference, quantized)
+    sample = min(len(check_images), CHECK_SAMPLE_IMAGES)
+    np.savez_compressed(card.folder / INT8_CHECK_FILE, images=check_images[:sample])
+    on_sample = compare_outputs(
+        {name: value[:sample] for name, value in reference.items()},
+        {name: value[:sample] for name, value in quantized.items()},
+    )
     quantization = {
         "method": METHOD,
         "op_types": list(QUANTIZED_OP_TYPES),
@@ -234,6 +268,8 @@ def add_int8_graph(
         "check_images": len(check_on),
         "seed": seed,
         **measured,
+        "cpu": cpu_features(),
+        "check_sample": {"file": INT8_CHECK_FILE, "images": sample, "agreement": on_sample["agreement"]["class"]},
         "seconds": round(time.perf_counter() - start, 1),
     }
     if len(check_on) < FEW_CHECK_IMAGES:
@@ -252,8 +288,9 @@ def add_int8_graph(
     write_json(card.folder / CARD_FILE, data)
     log.info(
         "int8 graph: the 18-class answer agrees with fp32 on %.1f%% of %d held-out photos "
-        "(calibrated on %d) in %.1f s",
-        100 * measured["agreement"]["class"], len(check_on), len(calibrate_on), quantization["seconds"],
+        "(calibrated on %d) on this CPU (%s) in %.1f s",
+        100 * measured["agreement"]["class"], len(check_on), len(calibrate_on), describe(quantization["cpu"]),
+        quantization["seconds"],
     )  # fmt: skip
     return quantization
 
@@ -292,3 +329,95 @@ def quantize_model_dir(
         shutil.copytree(source.folder, building, dirs_exist_ok=True, copy_function=shutil.copyfile)
         add_int8_graph(building, calibration_paths, images=images, seed=seed, calibration_source=calibration_source)
     return target
+
+
+def int8_or_fp32_here(
+    backend: Any, *, min_agreement: float | None = None, on_failure: str | None = None
+) -> Any:
+    """The backend to serve: ``backend`` itself, unless it runs an int8 graph that does not
+    hold its agreement with fp32 on this CPU; then the folder's fp32 graph (or an error).
+
+    ``maskpipe serve`` calls it once, before it reports ready. The int8 and fp32 graphs run on
+    the held-out photos the card keeps (``int8_check.npz``), and int8 is served when it gives
+    fp32's class on at least ``min_agreement`` of them. One log line says what was measured and
+    what is served. A folder without those photos (exported before this check) is served fp32.
+
+    Args:
+        backend: an opened backend (:func:`maskpipe.runtime.open_backend`); anything but the
+            onnx backend on an int8 folder is returned as it is.
+        min_agreement: a fraction; None reads ``$MASKPIPE_INT8_MIN_AGREEMENT``, else the card's
+            own figure on those photos less :data:`CHECK_TOLERANCE`. Above 1 int8 is never served.
+        on_failure: ``"fp32"`` (serve the fp32 graph) or ``"refuse"`` (raise); None reads
+            ``$MASKPIPE_INT8_ON_FAILURE``, else ``"fp32"``.
+
+    Raises:
+        Int8CheckError: the check failed and ``on_failure`` is ``"refuse"``.
+        MaskpipeError: a setting is not a fraction / not one of the choices.
+    """
+    card: ModelCard = backend.card
+    if card.precision != "int8" or not backend.name.startswith("onnx"):
+        return backend
+    min_agreement = _min_agreement_setting(min_agreement)
+    on_failure = _on_failure_setting(on_failure)
+    from maskpipe.runtime import OnnxEnsemble
+
+    fp32 = OnnxEnsemble(ModelCard(card.folder, {**card.data, "onnx_file": ONNX_FILE, "precision": "fp32"}))
+    here = describe(cpu_features())
+    quantization = card.data.get("quantization", {})
+    sample = quantization.get("check_sample")
+    if sample is None or sample.get("file") != INT8_CHECK_FILE or INT8_CHECK_FILE not in card.data["files"]:
+        problem = (
+            f"{card.folder / CARD_FILE} keeps no held-out photos ({INT8_CHECK_FILE}) to check its int8 "
+            f"graph on this CPU ({here}); export it again with this maskpipe"
+        )
+        return _fallback(problem, fp32, on_failure)
+    with np.load(card.folder / INT8_CHECK_FILE, allow_pickle=False) as stored:
+        images = stored["images"]
+    agreement = compare_outputs(fp32.predict(images), backend.predict(images))["agreement"]["class"]
+    exported = float(sample["agreement"])
+    threshold = exported - CHECK_TOLERANCE if min_agreement is None else min_agreement
+    measured = (
+        f"int8 gives fp32's class on {agreement:.1%} of the card's {len(images)} held-out photos on this CPU "
+        f"({here}); {exported:.1%} where it was exported ({describe(quantization.get('cpu') or {})}); "
+        f"threshold {threshold:.1%}"
+    )
+    if agreement >= threshold:
+        log.info("%s: serving int8 (%s)", measured, card.onnx_file)
+        return backend
+    return _fallback(measured, fp32, on_failure)
+
+
+def _fallback(problem: str, fp32: Any, on_failure: str) -> Any:
+    if on_failure == "refuse":
+        raise Int8CheckError(
+            f"{problem}: refusing to serve int8 ({ON_FAILURE_ENV}=refuse); unset it to serve the fp32 "
+            f"graph {ONNX_FILE} instead, or serve an export without --quantize"
+        )
+    log.warning("%s: serving the fp32 graph %s instead of int8", problem, ONNX_FILE)
+    return fp32
+
+
+def _min_agreement_setting(value: float | None) -> float | None:
+    text = os.environ.get(MIN_AGREEMENT_ENV) if value is None else str(value)
+    if text is None or text.strip() == "":
+        return None
+    try:
+        number = float(text)
+    except ValueError:
+        number = float("nan")
+    if not number >= 0:  # also NaN
+        raise MaskpipeError(
+            f"{MIN_AGREEMENT_ENV}={text!r} is not a fraction; set a number such as 0.95 (int8 must give "
+            "fp32's class on that share of the card's held-out photos), or unset it to use the card's figure"
+        )
+    return number
+
+
+def _on_failure_setting(value: str | None) -> str:
+    text = (os.environ.get(ON_FAILURE_ENV) or "fp32") if value is None else value
+    if text not in ON_FAILURE_CHOICES:
+        raise MaskpipeError(
+            f"{ON_FAILURE_ENV}={text!r} is not one of {', '.join(ON_FAILURE_CHOICES)}; use fp32 (serve the "
+            "fp32 graph when int8 fails its check on this CPU) or refuse (stop with an error)"
+        )
+    return text

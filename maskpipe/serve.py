@@ -41,6 +41,7 @@ from kserve.model_repository import ModelRepository
 
 from maskpipe.data.images import ImageDecodeError
 from maskpipe.model_card import OUTPUT_NAMES
+from maskpipe.quantize import int8_or_fp32_here
 from maskpipe.runtime import EnsembleBackend, answers, open_backend
 from maskpipe.serve_limits import DecodeGate, ServeLimits, install as install_limits, resident_bytes
 
@@ -329,6 +330,7 @@ def serve(model_dir: str | Path, options: ServeOptions) -> None:
     from maskpipe.serve_app import install
 
     backend = open_backend(model_dir, options.backend, device=options.device)
+    backend = int8_or_fp32_here(backend)  # int8 only where it holds its agreement on this CPU
     budgets = options.limits.resolve(resident_bytes())  # LimitsError (exit 2) when they cannot hold
     install_limits(app, options.limits)  # admission: innermost of the three middlewares
     model = EnsembleModel(backend, options, DecodeGate(budgets, backend.card.view))
