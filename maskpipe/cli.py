@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from maskpipe import __version__
+from maskpipe.cli_args import OneLineParser, check_can_listen, model_name, number, port, whole_number
 
 
 class UserError(Exception):
@@ -27,7 +28,7 @@ def _size(text: str) -> tuple[int, int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="maskpipe", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="maskpipe", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"maskpipe {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -117,14 +118,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("serve", help="serve an exported model over HTTP (KServe v1 and v2 protocols)")
     p.add_argument("model_dir", type=Path)
-    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--port", type=port, default=8080, help="port to listen on, 1-65535 (default 8080)")
     p.add_argument("--host", default="0.0.0.0", help="address to listen on (default all)")
     p.add_argument("--backend", choices=["onnx", "torch"], default="onnx")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="torch backend only")
-    p.add_argument("--name", default="maskpipe", help="model name in the URLs")
-    p.add_argument("--max-batch", type=int, default=32, help="most images in one request")
-    p.add_argument("--max-body-mb", type=float, default=20.0, help="largest request body")
-    p.add_argument("--batch-wait-ms", type=float, default=2.0, help="how long to gather concurrent requests into one batch")
+    p.add_argument("--name", type=model_name, default="maskpipe", help="model name in the URLs")
+    p.add_argument("--max-batch", type=whole_number(1), default=32, help="most images in one request")
+    p.add_argument("--max-body-mb", type=number(above=0), default=20.0, help="largest request body")
+    p.add_argument("--batch-wait-ms", type=number(at_least=0), default=2.0, help="how long to gather concurrent requests into one batch")
     p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser("evaluate", help="score submission.csv against a truth CSV")
@@ -289,8 +290,12 @@ def _cmd_export(args: argparse.Namespace) -> None:
 
 
 def _cmd_serve(args: argparse.Namespace) -> None:
-    if args.max_batch < 1 or args.max_body_mb <= 0 or args.batch_wait_ms < 0:
-        raise UserError("--max-batch must be >= 1, --max-body-mb > 0 and --batch-wait-ms >= 0")
+    # Before the model is opened and KServe starts (which would log "Application startup
+    # complete" and then fail to bind): the address, then the folder and its card.
+    check_can_listen(args.host, args.port)
+    from maskpipe.model_card import read_model_dir
+
+    read_model_dir(args.model_dir, verify=False)  # serve() verifies every file's sha256
     # kserve parses the process's command line when it is imported; ours is not for it.
     sys.argv = sys.argv[:1]
     try:
