@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from maskpipe import __version__
+from maskpipe.cli_args import OneLineParser, check_can_listen, model_name, number, port, whole_number
 
 
 class UserError(Exception):
@@ -28,7 +29,7 @@ def _size(text: str) -> tuple[int, int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="maskpipe", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="maskpipe", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"maskpipe {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -118,20 +119,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("serve", help="serve an exported model over HTTP (KServe v1 and v2 protocols)")
     p.add_argument("model_dir", type=Path)
-    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--port", type=port, default=8080, help="port to listen on, 1-65535 (default 8080)")
     p.add_argument("--host", default="0.0.0.0", help="address to listen on (default all)")
     p.add_argument("--backend", choices=["onnx", "torch"], default="onnx")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="torch backend only")
-    p.add_argument("--name", default="maskpipe", help="model name in the URLs")
-    p.add_argument("--max-batch", type=int, default=32, help="most images in one request")
-    p.add_argument("--max-body-mb", type=float, default=20.0, help="largest request body")
-    p.add_argument("--batch-wait-ms", type=float, default=2.0, help="how long to gather concurrent requests into one batch")
+    p.add_argument("--name", type=model_name, default="maskpipe", help="model name in the URLs")
+    p.add_argument("--max-batch", type=whole_number(1), default=32, help="most images in one request")
+    p.add_argument("--max-body-mb", type=number(above=0), default=20.0, help="largest request body")
+    p.add_argument("--batch-wait-ms", type=number(at_least=0), default=2.0, help="how long to gather concurrent requests into one batch")
     p.add_argument(
-        "--memory-limit-mb", type=float,
+        "--memory-limit-mb", type=number(above=0),
         help="the memory the decoding budgets are sized to (default: the cgroup's memory.max, "
         "else what the deploy step gives the predictor)",
     )  # fmt: skip
-    p.add_argument("--request-megapixels", type=float, default=48.0, help="most decoded pixels in one request")
+    p.add_argument("--request-megapixels", type=number(above=0), default=48.0, help="most decoded pixels in one request")
     p.add_argument(
         "--enable-model-repository", action="store_true",
         help="also answer KServe's /v2/repository load/unload endpoints (off: anyone reaching the port could unload the model)",
@@ -305,10 +306,12 @@ def _cmd_export(args: argparse.Namespace) -> None:
 
 
 def _cmd_serve(args: argparse.Namespace) -> None:
-    if args.max_batch < 1 or args.max_body_mb <= 0 or args.batch_wait_ms < 0:
-        raise UserError("--max-batch must be >= 1, --max-body-mb > 0 and --batch-wait-ms >= 0")
-    if (args.memory_limit_mb is not None and args.memory_limit_mb <= 0) or args.request_megapixels <= 0:
-        raise UserError("--memory-limit-mb and --request-megapixels must be > 0")
+    # Before the model is opened and KServe starts (which would log "Application startup
+    # complete" and then fail to bind): the address, then the folder and its card.
+    check_can_listen(args.host, args.port)
+    from maskpipe.model_card import read_model_dir
+
+    read_model_dir(args.model_dir, verify=False)  # serve() verifies every file's sha256
     from maskpipe.serve_limits import ServeLimits
 
     max_body_bytes = int(args.max_body_mb * 1024 * 1024)

@@ -2,10 +2,14 @@
 
 import argparse
 import os
+import re
+from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
+from urllib.parse import urlsplit
 
 from components import IMAGE
 from components.image import DEFAULT_IMAGE, DEFAULT_IMAGE_PINNED
+from maskpipe.cli_args import number, whole_number
 from pipeline import (
     DEFAULT_MINIO_ENDPOINT,
     DEFAULT_SECRET,
@@ -14,6 +18,7 @@ from pipeline import (
     PipelineOptions,
 )
 
+ENDPOINT_ENV = "KF_PIPELINES_ENDPOINT"
 TOKEN_ENV = "KF_PIPELINES_TOKEN"
 TOKEN_FILE_ENV = "KF_PIPELINES_TOKEN_FILE"
 COOKIE_ENV = "KF_PIPELINES_COOKIE"
@@ -140,6 +145,121 @@ def _parse_toleration(text: Optional[str]) -> Optional[Dict[str, Optional[str]]]
 
 
 # ---------------------------------------------------------------------------------------------
+# flag values, checked as argparse reads them (one line naming the value and the fix)
+
+_KFP_EXAMPLE = "e.g. https://kubeflow.example.com/pipeline, or http://localhost:8080 after a port-forward"
+# Kubernetes quantities as a memory size is written: 8Gi, 512Mi, 1G, 1e9
+_QUANTITY = re.compile(r"\d+(\.\d+)?([eE]\d+|Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?")
+
+
+def http_url(text: str) -> str:
+    """An http(s) URL with a host, as the Kubeflow Pipelines API is reached (``--host``)."""
+    problem = _url_problem(text)
+    if problem:
+        # argparse applies the type to --host's default too, which comes from the environment
+        source = f" (from ${ENDPOINT_ENV})" if text == os.environ.get(ENDPOINT_ENV) else ""
+        raise argparse.ArgumentTypeError(
+            f"{text!r}{source} is not the URL of a Kubeflow Pipelines API ({problem}): use "
+            f"http(s)://HOST[:PORT][/PATH], {_KFP_EXAMPLE}"
+        )
+    return text
+
+
+def _url_problem(text: str) -> Optional[str]:
+    if any(ch.isspace() for ch in text):
+        return "it holds a space"
+    try:
+        parts = urlsplit(text)
+        parts.port  # noqa: B018 - the property validates the port
+    except ValueError as exc:
+        return str(exc)
+    if "://" not in text:
+        return "no http:// or https:// in front"
+    if parts.scheme not in ("http", "https"):
+        return f"scheme {parts.scheme!r} is not http or https"
+    if not parts.hostname:
+        return "it names no host"
+    if parts.port == 0:
+        return "port 0"
+    if parts.username is not None or parts.password is not None:
+        return "a user name or password before '@'; pass a token with --token instead"
+    if parts.query or parts.fragment:
+        return "it has a '?' query or '#' fragment"
+    return None
+
+
+def minio_endpoint(text: str) -> str:
+    """MINIO_ENDPOINT of the steps (``--minio-endpoint``): checked as the steps will read it."""
+    from maskpipe.errors import StorageError
+    from maskpipe.storage import _parse_endpoint
+
+    if text:
+        try:
+            _parse_endpoint(text, "MINIO_ENDPOINT", {"MINIO_SECURE": "false"})
+        except StorageError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def artifact_root(text: str) -> str:
+    """``--pipeline-root``: SCHEME://BUCKET[/PATH] (or empty: the cluster's default)."""
+    if text:
+        parts = urlsplit(text)
+        if not re.fullmatch(r"[a-z][a-z0-9+.-]*", parts.scheme) or not parts.netloc or "://" not in text:
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not an artifact store URI: use SCHEME://BUCKET[/PATH], e.g. "
+                "minio://mlpipeline/v2/artifacts or s3://my-bucket/kfp"
+            )
+    return text
+
+
+def data_root(text: str) -> str:
+    """``--data``: an s3:// URI must name a valid bucket (checked without a request)."""
+    from maskpipe import storage
+    from maskpipe.errors import StorageError
+
+    if not text:
+        raise argparse.ArgumentTypeError("the data root is empty: pass a data folder or s3://bucket/prefix")
+    if storage.is_s3(text):
+        try:
+            storage.parse_s3_uri(text)
+        except StorageError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def quantity(text: str) -> str:
+    """A Kubernetes memory quantity, e.g. 8Gi (``--shm-size``)."""
+    if not _QUANTITY.fullmatch(text):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a Kubernetes quantity: use a size such as 8Gi, 512Mi or 2G"
+        )
+    return text
+
+
+def existing_file(text: str) -> Path:
+    """A file that must exist now (``--package``, ``--truth``)."""
+    path = Path(text)
+    if not path.exists():
+        raise argparse.ArgumentTypeError(f"{text} does not exist: check the path")
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"{text} is a folder, not a file: give the file's path")
+    return path
+
+
+def fraction(text: str) -> float:
+    """``--val-fraction``: in [0, 1), as the index step requires."""
+    from maskpipe.data.split import check_val_fraction
+    from maskpipe.errors import MaskpipeError
+
+    value = number(at_least=0)(text)
+    try:
+        return check_val_fraction(value)
+    except MaskpipeError as exc:
+        raise argparse.ArgumentTypeError(f"{exc}: use e.g. 0.2") from None
+
+
+# ---------------------------------------------------------------------------------------------
 # run-local
 
 
@@ -149,14 +269,14 @@ def _parse_toleration(text: Optional[str]) -> Optional[Dict[str, Optional[str]]]
 
 def param_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("pipeline parameters")
-    g.add_argument("--data", required=True, help="data root: s3://bucket/prefix or a folder")
+    g.add_argument("--data", required=True, type=data_root, help="data root: s3://bucket/prefix or a folder")
     g.add_argument("--preset", default="default", help="default | original | smoke")
-    g.add_argument("--epochs", type=int, default=0, help="0 keeps the preset's")
-    g.add_argument("--batch-size", type=int, default=0, help="0 keeps the preset's")
-    g.add_argument("--lr", type=float, default=0.0, help="0 keeps the preset's")
+    g.add_argument("--epochs", type=whole_number(0), default=0, help="0 keeps the preset's")
+    g.add_argument("--batch-size", type=whole_number(0), default=0, help="0 keeps the preset's")
+    g.add_argument("--lr", type=number(at_least=0), default=0.0, help="0 keeps the preset's")
     g.add_argument("--arch", default="", help="timm architecture; empty keeps the preset's")
     g.add_argument("--image-size", default="", help="HEIGHTxWIDTH, e.g. 448x336")
-    g.add_argument("--val-fraction", type=float, default=0.2)
+    g.add_argument("--val-fraction", type=fraction, default=0.2)
     g.add_argument("--seed", type=int, default=42)
     g.add_argument(
         "--tta", action=argparse.BooleanOptionalAction, default=None,
@@ -188,14 +308,14 @@ def cluster_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("cluster settings (compiled into the pipeline)")
     g.add_argument("--image", help=f"container image (default {IMAGE}: this checkout's commit, "
                    "as CI tags it; or $MASKPIPE_IMAGE)")
-    g.add_argument("--pipeline-root", default="",
+    g.add_argument("--pipeline-root", default="", type=artifact_root,
                    help="artifact root compiled in and sent with the run (default none: the "
                    "namespace's own, e.g. a Kubeflow profile's minio://mlpipeline/"
                    "private-artifacts/<ns>/v2/artifacts)")
     g.add_argument("--secret-name", default=DEFAULT_SECRET, help="Secret with MinIO keys")
     g.add_argument("--access-key-key", default="accesskey", help="its key -> MINIO_ACCESS_KEY")
     g.add_argument("--secret-key-key", default="secretkey", help="its key -> MINIO_SECRET_KEY")
-    g.add_argument("--minio-endpoint", default=DEFAULT_MINIO_ENDPOINT,
+    g.add_argument("--minio-endpoint", default=DEFAULT_MINIO_ENDPOINT, type=minio_endpoint,
                    help=f"MINIO_ENDPOINT host:port (plain env; default KFP 2.16+'s SeaweedFS, "
                    f"{DEFAULT_MINIO_ENDPOINT}; older installs: {LEGACY_MINIO_ENDPOINT}); "
                    "empty to leave unset")
@@ -203,13 +323,13 @@ def cluster_args(p: argparse.ArgumentParser) -> None:
                    help="take MINIO_ENDPOINT from this key of the secret instead")
     g.add_argument("--minio-secure", action="store_true", help="MinIO speaks TLS")
     g.add_argument("--gpu-type", default="nvidia.com/gpu")
-    g.add_argument("--gpus", type=int, default=1, help="GPUs per training step and per checkpoint inference (export=false); 0: CPU")
+    g.add_argument("--gpus", type=whole_number(0), default=1, help="GPUs per training step and per checkpoint inference (export=false); 0: CPU")
     g.add_argument("--index-gpu", action="store_true", help="give index-data a GPU too")
     g.add_argument("--gpu-node-selector", help="KEY=VALUE node label for GPU steps")
     g.add_argument("--gpu-toleration", help="KEY[=VALUE][:EFFECT], e.g. nvidia.com/gpu:NoSchedule")
     g.add_argument("--image-pull-secret", default="")
-    g.add_argument("--shm-size", default="8Gi", help="size of the memory-backed /dev/shm")
-    g.add_argument("--retries", type=int, default=2, help="retries of each training step")
+    g.add_argument("--shm-size", default="8Gi", type=quantity, help="size of the memory-backed /dev/shm")
+    g.add_argument("--retries", type=whole_number(0), default=2, help="retries of each training step")
     g.add_argument("--step-timeout", action="append", default=[], metavar="STEP=DURATION",
                    help=f"pod deadline of a step ({', '.join(STEPS)} or all), e.g. train=12h, "
                    "repeatable (defaults: index 2h, train 24h, export 1h, infer 6h, deploy 30m)")
@@ -217,10 +337,10 @@ def cluster_args(p: argparse.ArgumentParser) -> None:
 
 def client_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("Kubeflow connection")
-    g.add_argument("--host", default=os.environ.get("KF_PIPELINES_ENDPOINT"),
+    g.add_argument("--host", default=os.environ.get(ENDPOINT_ENV), type=http_url,
                    help="KFP API, e.g. https://kubeflow.example.com/pipeline "
                    "(default $KF_PIPELINES_ENDPOINT)")
-    g.add_argument("--ui-host", help="UI address for printed links (default: --host)")
+    g.add_argument("--ui-host", type=http_url, help="UI address for printed links (default: --host)")
     g.add_argument("--namespace", default="kubeflow", help="profile namespace (multi-user)")
     g.add_argument("--token", help=f"bearer token (default ${TOKEN_ENV})")
     g.add_argument("--token-file", help=f"file holding a bearer token (or ${TOKEN_FILE_ENV})")

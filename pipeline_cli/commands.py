@@ -2,15 +2,20 @@
 
 import argparse
 import dataclasses
+import os
 import sys
 from pathlib import Path
 from typing import List, Optional
 
+from maskpipe.cli_args import OneLineParser, whole_number
 from maskpipe.errors import MaskpipeError
 from pipeline import LOCAL_OPTIONS, PIPELINE_NAME, compile_pipeline
 from pipeline_cli.arguments import (
+    TOKEN_ENV,
+    TOKEN_FILE_ENV,
     client_args,
     cluster_args,
+    existing_file,
     options_from_args,
     param_args,
     pipeline_arguments,
@@ -25,7 +30,7 @@ DESCRIPTION = "The maskpipe Kubeflow pipeline: compile it, run it here, or send 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="pipeline.py", description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -39,8 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run-local", help="run the whole pipeline here through kfp.local")
     param_args(p)
     p.add_argument("--output-dir", type=Path, default=Path("local_outputs"))
-    p.add_argument("--truth", type=Path, help="eval truth CSV (default: DATA/eval_truth.csv)")
-    p.add_argument("--retries", type=int, default=0, help="retries of each training step")
+    p.add_argument("--truth", type=existing_file, help="eval truth CSV (default: DATA/eval_truth.csv)")
+    p.add_argument("--retries", type=whole_number(0), default=0, help="retries of each training step")
     g = p.add_argument_group("containers")
     g.add_argument("--runner", choices=("subprocess", "docker"), default="subprocess",
                    help="subprocess: each step in this Python; docker: each step in --image "
@@ -55,10 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
     cluster_args(p)
     p.add_argument("--experiment", default=PIPELINE_NAME)
     p.add_argument("--run-name")
-    p.add_argument("--package", type=Path, help="submit this compiled YAML instead of compiling")
+    p.add_argument("--package", type=existing_file, help="submit this compiled YAML instead of compiling")
     p.add_argument("--service-account", help="Kubernetes service account of the run's pods")
     p.add_argument("--wait", action="store_true", help="wait for the run to finish")
-    p.add_argument("--timeout", type=int, default=24 * 3600, help="seconds --wait waits")
+    p.add_argument("--timeout", type=whole_number(1), default=24 * 3600, help="seconds --wait waits")
     p.set_defaults(func=_cmd_submit)
 
     p = sub.add_parser("upload", help="register the pipeline (or a new version of it)")
@@ -93,15 +98,52 @@ def _cmd_compile(args: argparse.Namespace) -> None:
 def _cmd_run_local(args: argparse.Namespace) -> None:
     if args.image and args.runner != "docker":
         raise argparse.ArgumentTypeError("--image runs the steps in containers: add --runner docker")
+    if args.output_dir.exists() and not args.output_dir.is_dir():
+        raise argparse.ArgumentTypeError(
+            f"--output-dir {args.output_dir} is a file: give a folder (it is created if missing)"
+        )
     image = (args.image or LOCAL_IMAGE) if args.runner == "docker" else None
     options = dataclasses.replace(LOCAL_OPTIONS, retries=args.retries)
-    run = run_local(pipeline_arguments(args), args.output_dir, options=options, truth=args.truth,
-                    image=image)
+    arguments = pipeline_arguments(args)
+    check_data_root(args.data)
+    run = run_local(arguments, args.output_dir, options=options, truth=args.truth, image=image)
     print()
     print(run.summary())
 
 
+def check_data_root(data_root: str) -> None:
+    """What index-data and ensemble-infer will need of the data root, before kfp.local starts
+    (a wrong root would otherwise fail in index-data, seconds later, inside a step's log): it
+    exists or its bucket answers, it holds training photos in a layout ``maskpipe index``
+    recognises, and eval/info.csv for ensemble-infer. The same functions index-data runs."""
+    from maskpipe import storage
+    from maskpipe.data import layout
+    from maskpipe.data.index import normalize_root
+    from maskpipe.errors import DataLayoutError
+
+    root = normalize_root(data_root)
+    found = layout.detect_layout(root, storage.list_files(root))
+    if found.images_prefix is None:
+        raise DataLayoutError(
+            f"data root {root} has eval/info.csv but no training photos; {layout.EXPECTED_LAYOUTS}"
+        )
+    if found.eval_info is None:
+        raise DataLayoutError(
+            f"data root {root} ({found.kind} layout) has no {layout.EVAL_INFO}: the pipeline "
+            f"predicts the eval photos ({layout.EVAL_INFO} and {layout.EVAL_IMAGES}/); add them "
+            "(`maskpipe synth` writes an example) or use `maskpipe index` and `maskpipe train` directly"
+        )
+
+
 def _cmd_submit(args: argparse.Namespace) -> None:
+    from maskpipe import storage
+
+    if not storage.is_s3(args.data) and not Path(args.data).is_absolute():
+        raise argparse.ArgumentTypeError(
+            f"--data {args.data} is a relative path: the steps run in pods, where the data root is "
+            "s3://bucket/prefix or an absolute path mounted in them; upload a local folder with "
+            "`maskpipe data upload DIR s3://bucket/prefix`"
+        )
     _require_host(args)
     submit(args)
 
@@ -118,6 +160,20 @@ def _require_host(args: argparse.Namespace) -> None:
             "--host http://localhost:8080 after `kubectl -n kubeflow port-forward "
             "svc/ml-pipeline-ui 8080:80`"
         )
+    given_token = args.token or os.environ.get(TOKEN_ENV) or args.token_file or os.environ.get(TOKEN_FILE_ENV)
+    if args.in_cluster and not given_token:
+        from kfp import client as kfp_client
+
+        token_path = (
+            args.sa_token_path or os.environ.get(kfp_client.KF_PIPELINES_SA_TOKEN_ENV)
+            or kfp_client.KF_PIPELINES_SA_TOKEN_PATH
+        )
+        if not Path(token_path).is_file():
+            raise ClusterError(
+                f"--in-cluster reads the pod's service-account token from {token_path}, which is "
+                "not a file here: run it in a pod that mounts the token (a Kubeflow notebook), "
+                "give --sa-token-path, or pass --host and --token from outside the cluster"
+            )
 
 
 def main(argv: Optional[List[str]] = None) -> int:

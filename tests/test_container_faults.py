@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
+from datafactory import make_dataset
 
 from pipeline_cli import containers
 
@@ -73,7 +74,7 @@ def test_an_unreachable_socket_fails_within_seconds_naming_the_fix(tmp_path):
 
 
 def test_run_local_in_containers_without_an_engine_is_one_line_on_stderr(tmp_path, no_engine_env):
-    (tmp_path / "data").mkdir()
+    make_dataset(tmp_path / "data", eval_images=2)  # data run-local's own check accepts
     started = time.monotonic()
     result = run_cli("run-local", "--runner", "docker", "--data", str(tmp_path / "data"),
                      "--output-dir", str(tmp_path / "out"), env=no_engine_env)

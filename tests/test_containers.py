@@ -387,7 +387,7 @@ def test_a_step_silent_for_over_a_minute_is_waited_for(engine, built_image):
 
 
 def test_run_local_with_an_image_that_was_never_built_names_the_build_command(engine, tmp_path):
-    (tmp_path / "data").mkdir()
+    make_dataset(tmp_path / "data", eval_images=2)  # data run-local's own check accepts
     started = time.monotonic()
     result = subprocess.run(
         [sys.executable, "pipeline.py", "run-local", "--runner", "docker", "--image", "maskpipe:never-built",
@@ -427,7 +427,7 @@ def misconfigured_podman(engine, tmp_path):
 
 def test_run_local_on_an_engine_not_configured_for_this_machine_names_the_setup_script(
         engine, built_image, misconfigured_podman, tmp_path):
-    (tmp_path / "data").mkdir()
+    make_dataset(tmp_path / "data", eval_images=2)  # data run-local's own check accepts
     started = time.monotonic()
     result = subprocess.run(
         [sys.executable, "pipeline.py", "run-local", "--runner", "docker", "--image", built_image.tag,

@@ -21,7 +21,7 @@ import pytest
 from PIL import Image
 
 from maskpipe.cli import main
-from maskpipe.serve_client import ServerProcess, drive, request, serving_python, v1_body, v2_body
+from maskpipe.serve_client import ServerProcess, drive, free_port, request, serving_python, v1_body, v2_body
 
 REPO = Path(__file__).resolve().parents[1]
 MAX_BATCH = 8
@@ -205,7 +205,7 @@ def test_a_model_folder_with_a_missing_or_altered_file_refuses_to_start(exported
     else:
         target.unlink()
     result = subprocess.run(
-        [serve_python(), "-m", "maskpipe", "serve", str(copy), "--port", "0"],
+        [serve_python(), "-m", "maskpipe", "serve", str(copy), "--port", str(free_port())],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert result.returncode == 2

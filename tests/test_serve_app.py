@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from maskpipe.serve_client import ServerProcess, request, v1_body, v2_body
+from maskpipe.serve_client import ServerProcess, free_port, request, v1_body, v2_body
 from test_serve import _jpeg, serve_python
 
 
@@ -102,7 +102,7 @@ def test_an_unusable_token_file_is_one_line_and_no_server(exported_model, tmp_pa
     token_file = tmp_path / "token"
     token_file.write_text(content)
     result = subprocess.run(
-        [serve_python(), "-m", "maskpipe", "serve", str(exported_model), "--port", "0", "--auth-token-file", str(token_file)],
+        [serve_python(), "-m", "maskpipe", "serve", str(exported_model), "--port", str(free_port()), "--auth-token-file", str(token_file)],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert result.returncode == 2 and "--auth-token-file" in result.stderr and "Traceback" not in result.stderr

@@ -19,7 +19,7 @@ from PIL import Image
 
 from maskpipe.data.images import load_rgb
 from maskpipe.data.resize import crop_resize, decode_views, plan_decode
-from maskpipe.serve_client import ServerProcess, drive, request, v1_body
+from maskpipe.serve_client import ServerProcess, drive, free_port, request, v1_body
 from maskpipe.serve_limits import MIB, LimitsError, ServeLimits
 
 VIEW = ((112, 84), (48, 36))  # the exported test model's crop and input size (conftest)
@@ -157,7 +157,7 @@ def test_serve_with_a_memory_limit_too_small_for_its_limits_exits_2_with_one_lin
     from test_serve import serve_python
 
     result = subprocess.run(
-        [serve_python(), "-m", "maskpipe", "serve", str(exported_model), "--port", "0", "--memory-limit-mb", "900"],
+        [serve_python(), "-m", "maskpipe", "serve", str(exported_model), "--port", str(free_port()), "--memory-limit-mb", "900"],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert result.returncode == 2

@@ -341,7 +341,7 @@ def test_upload_registers_then_adds_versions(fake_kfp, capsys):
 def test_submit_without_host_says_how_to_get_one(monkeypatch):
     monkeypatch.delenv("KF_PIPELINES_ENDPOINT", raising=False)
     with pytest.raises(SystemExit) as exc:
-        pipeline_cli.main(["submit", "--data", "s3://b/p"])
+        pipeline_cli.main(["submit", "--data", "s3://bucket/p"])
     assert "--host" in str(exc.value.code) and "port-forward" in str(exc.value.code)
 
 
@@ -370,7 +370,7 @@ def closed_port() -> int:
 @pytest.mark.parametrize("command", ["submit", "upload"])
 def test_host_not_port_forwarded_says_to_port_forward(command, fake_kfp, capsys):
     host = f"http://127.0.0.1:{closed_port()}"
-    argv = [command, "--host", host, "--token", "t"] + (["--data", "s3://b/p"] if command == "submit" else [])
+    argv = [command, "--host", host, "--token", "t"] + (["--data", "s3://bucket/p"] if command == "submit" else [])
     err = run_failing(argv, capsys)
     assert f"pipeline.py {command}: error: cannot reach the Kubeflow Pipelines API at {host}" in err
     assert "connection refused" in err and "port-forward svc/ml-pipeline-ui" in err

@@ -68,9 +68,13 @@ def test_bad_override_names_the_training_step_and_a_rerun_after_the_fix_works(ti
 
 
 @pytest.mark.slow
-def test_run_local_cli_reports_the_failed_step_on_stderr(tmp_path):
+def test_run_local_cli_reports_the_failed_step_on_stderr(tiny_data, tmp_path):
+    # A root that passes run-local's own check (layout, eval/info.csv) but whose eval listing
+    # names a photo that is not there: index-data finds that when it reads the listing.
+    info = tiny_data / "eval" / "info.csv"
+    info.write_text(info.read_text() + "absent.jpg" + "," * info.read_text().splitlines()[0].count(",") + "\n")
     result = subprocess.run(
-        [sys.executable, "pipeline.py", "run-local", "--data", str(tmp_path / "absent"),
+        [sys.executable, "pipeline.py", "run-local", "--data", str(tiny_data),
          "--preset", "smoke", "--output-dir", str(tmp_path / "out")],
         cwd=REPO, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
