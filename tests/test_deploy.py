@@ -247,7 +247,8 @@ def test_run_local_deploy_without_a_namespace_to_deploy_to_is_refused_before_any
         monkeypatch.setenv("KUBECONFIG", str(api.write_kubeconfig(tmp_path / "kubeconfig", namespace=None)))
         monkeypatch.setenv(SERVE_PYTHON_ENV, serve_python())
         out = tmp_path / "out"
-        code = pipeline_cli.main(["run-local", "--data", str(tmp_path), "--deploy", "--output-dir", str(out)])
+        data = make_dataset(tmp_path / "data", eval_images=2).root  # passes the data-root check
+        code = pipeline_cli.main(["run-local", "--data", str(data), "--deploy", "--output-dir", str(out)])
     error = capsys.readouterr().err.strip()
     assert code == 2 and len(error.splitlines()) == 1 and "--deploy-namespace" in error
     assert not out.exists() and api.requests == []

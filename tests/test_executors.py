@@ -38,6 +38,9 @@ REQUIRED_VALUES = {
 # Replacing defaults: the smoke preset loads no pretrained weights (the default downloads them
 # before reading the index), and a namespace keeps the deploy step off the pod's token files.
 OVERRIDES = {"preset": "smoke", "namespace": "team-a"}
+# One of each function (train-model-2 and -3 run train-model's source with other values).
+STARTED_EXECUTORS = ["exec-index-data", "exec-train-model", "exec-export-model", "exec-ensemble-infer",
+                     "exec-ensemble-infer-2", "exec-deploy-model"]  # fmt: skip
 BROKEN_START = ("NameError", "ModuleNotFoundError", "ImportError", "SyntaxError")
 
 
@@ -114,13 +117,34 @@ def image_env(python: str, work: Path) -> dict[str, str]:
     }
 
 
+def is_serving(container: dict) -> bool:
+    """Whether the executor runs in the serving image (the deploy step)."""
+    return container["image"].endswith("-serve")
+
+
+def launcher_argv(container: dict, component: dict, passed: set[str], work: Path) -> list[str]:
+    """``container``'s command and args as the launcher starts them, ``{{$}}`` filled in."""
+    payload = json.dumps(executor_input(component, passed, work, remote_inputs=is_serving(container)))
+    return [*container["command"], *[payload if a == "{{$}}" else a for a in container["args"]]]
+
+
 def run_executor(container: dict, component: dict, passed: set[str], work: Path) -> subprocess.CompletedProcess:
-    """Start ``container``'s command and args as the launcher does, ``{{$}}`` filled in."""
-    serving = container["image"].endswith("-serve")
-    python = serve_python() if serving else sys.executable
-    payload = json.dumps(executor_input(component, passed, work, remote_inputs=serving))
-    argv = [*container["command"], *[payload if a == "{{$}}" else a for a in container["args"]]]
+    """Start ``container``'s command and args as the launcher does, in this machine's venvs."""
+    python = serve_python() if is_serving(container) else sys.executable
+    argv = launcher_argv(container, component, passed, work)
     return subprocess.run(argv, cwd=work, env=image_env(python, work), capture_output=True, text=True, timeout=300)
+
+
+def assert_started(label: str, container: dict, returncode: int, log: str) -> None:
+    """The function's own frame is in the traceback: kfp defined it and called it with the
+    parsed inputs, and its body ran until the empty folders stopped it; what stopped it is not
+    a missing name or module."""
+    function = container["args"][container["args"].index("--function_to_execute") + 1]
+    assert returncode != 0, f"{label}: ran to the end on empty folders?\n{log[-3000:]}"
+    frame = re.search(rf'ephemeral_component\.py", line \d+, in {function}\n', log)
+    assert frame, f"{label}: {function} was never entered:\n{log[-3000:]}"
+    last = [line for line in log.splitlines() if line.strip()][-1]
+    assert not last.startswith(BROKEN_START), f"{label}: {last}\n{log[-3000:]}"
 
 
 @pytest.mark.parametrize("environment", ["training", "serving"])
@@ -146,20 +170,8 @@ def test_every_executor_is_one_of_the_pipeline_steps(compiled):
     assert images["exec-deploy-model"] == serving_image(images["exec-index-data"])
 
 
-@pytest.mark.parametrize(
-    "label",
-    ["exec-index-data", "exec-train-model", "exec-export-model", "exec-ensemble-infer",
-     "exec-ensemble-infer-2", "exec-deploy-model"],
-)  # fmt: skip
+@pytest.mark.parametrize("label", STARTED_EXECUTORS)
 def test_executor_starts_its_function_in_its_own_environment(compiled, label, tmp_path):
     container, component = executors(compiled)[label]
-    function = container["args"][container["args"].index("--function_to_execute") + 1]
     result = run_executor(container, component, passed_artifacts(compiled, label), tmp_path)
-    log = result.stdout + result.stderr
-    assert result.returncode != 0, f"{label}: ran to the end on empty folders?\n{log[-3000:]}"
-    # The function's own frame is in the traceback: kfp defined it and called it with the
-    # parsed inputs, and its body ran until the empty folders stopped it.
-    frame = re.search(rf'ephemeral_component\.py", line \d+, in {function}\n', log)
-    assert frame, f"{label}: {function} was never entered:\n{log[-3000:]}"
-    last = [line for line in log.splitlines() if line.strip()][-1]
-    assert not last.startswith(BROKEN_START), f"{label}: {last}\n{log[-3000:]}"
+    assert_started(label, container, result.returncode, result.stdout + result.stderr)
