@@ -13,7 +13,7 @@ one run:
   the convolutions, channels-last, ``torch.inference_mode``, bf16 autocast with ``--bf16``;
 * onnx (CPU only): the same three checkpoints exported by ``maskpipe export --no-tta`` (export
   time not counted, once per run like training) and run by ONNX Runtime through
-  :func:`maskpipe.ensemble.predict_probs` on :func:`maskpipe.runtime.open_backend`'s ``onnx``, the path of ``maskpipe infer --backend onnx``;
+  :func:`maskpipe.ensemble.predict_probs` on the ``onnx`` backend, the path of ``maskpipe infer --backend onnx``;
 * onnx int8 (CPU only): that folder quantized as ``maskpipe export --quantize int8`` does
   (:func:`maskpipe.quantize.quantize_model_dir`), calibrated on other photos of the same kind
   (``--calibration-images`` per half, a different seed from the timed ones), run the same way.

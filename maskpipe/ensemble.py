@@ -105,7 +105,9 @@ def predict_submission(
     """
     start = time.perf_counter()
     frame, root = _eval_frame(data, data_root, cache_dir)
-    probs = predict_rows_probs(backend, frame, root, batch_size=batch_size, num_workers=num_workers, cache_dir=cache_dir)
+    probs = predict_rows_probs(
+        backend, frame, root, batch_size=batch_size, num_workers=num_workers, cache_dir=cache_dir
+    )
     classes = classes_from_probs(probs)
     submission = pd.DataFrame({"ImageID": frame["image_id"].astype(str).to_numpy(), "ans": classes})
     out_csv = Path(out_csv)
@@ -293,8 +295,9 @@ def predict_probs(
     decoders = "thread(s)" if isinstance(loader, ThreadedBatches) else "worker process(es)"
     log.info(
         "inference: %d images, %s backend%s, %d input view(s) %s, batch %d, %d decoding %s, %s%s",
-        len(paths), backend.name, "" if backend.card is None else f" on {backend.card.folder}", len(views),
-        [v[1] for v in views], batch_size, loader.num_workers, decoders, backend.device, ", flip TTA" if backend.tta else "",
+        len(paths), backend.name, "" if backend.card is None else f" on {backend.card.folder}",
+        len(views), [v[1] for v in views], batch_size, loader.num_workers, decoders, backend.device,
+        ", flip TTA" if backend.tta else "",
     )  # fmt: skip
     out = {task: np.empty((len(paths), NUM_CLASSES[task]), np.float32) for task in TASKS}
     row = 0
