@@ -13,7 +13,7 @@ one run:
   the convolutions, channels-last, ``torch.inference_mode``, bf16 autocast with ``--bf16``;
 * onnx (CPU only): the same three checkpoints exported by ``maskpipe export --no-tta`` (export
   time not counted, once per run like training) and run by ONNX Runtime through
-  :func:`maskpipe.ensemble.predict_probs_exported`, the path of ``maskpipe infer --backend onnx``;
+  :func:`maskpipe.ensemble.predict_probs` on the ``onnx`` backend, the path of ``maskpipe infer --backend onnx``;
 * onnx int8 (CPU only): that folder quantized as ``maskpipe export --quantize int8`` does
   (:func:`maskpipe.quantize.quantize_model_dir`), calibrated on other photos of the same kind
   (``--calibration-images`` per half, a different seed from the timed ones), run the same way.
@@ -54,16 +54,12 @@ from maskpipe.config import load_config
 from maskpipe.data.images import has_image_extension
 from maskpipe.data.layout import is_hidden
 from maskpipe.data.transforms import hwc_float_to_chw, original_eval_transform
-from maskpipe.ensemble import (
-    classes_from_probs,
-    load_task_models,
-    predict_probs,
-    predict_probs_exported,
-    resolve_device,
-)
+from maskpipe.ensemble import classes_from_probs, predict_probs
 from maskpipe.labels import NUM_CLASSES, TASKS, encode_class
 from maskpipe.model_card import read_model_dir
 from maskpipe.models import create_model, recalibrate_batchnorm
+from maskpipe.runtime import open_backend
+from maskpipe.torch_backend import resolve_device
 
 MIN_AGREEMENT = {False: 0.99, True: 0.95}  # fp32 / bf16: only near-ties may flip
 # A path's speed counts for the last line only if its answers are (nearly) the original's.
@@ -209,29 +205,17 @@ def original_loop(checkpoints: dict[str, Path], paths: list[Path], device: torch
 def batched(
     checkpoints: dict[str, Path], paths: list[Path], device: torch.device, args: argparse.Namespace
 ) -> np.ndarray:
-    loaded = load_task_models(checkpoints, device)
-    for task, checkpoint in loaded.items():
+    backend = open_backend(checkpoints, device=str(device), amp=bool(args.bf16))
+    for task, checkpoint in backend.loaded.items():
         actual = next(checkpoint.model.parameters()).device
         if actual.type != device.type:
             raise BenchmarkError(f"the {task} model is on {actual}, not the requested {device}")
-    probs = predict_probs(
-        loaded,
-        paths,
-        batch_size=args.batch_size,
-        num_workers=args.workers,
-        device=device,
-        amp=bool(args.bf16),
-    )
-    return classes_from_probs(probs)
+    return classes_from_probs(predict_probs(backend, paths, batch_size=args.batch_size, num_workers=args.workers))
 
 
 def exported(model_dir: Path, paths: list[Path], args: argparse.Namespace) -> np.ndarray:
-    from maskpipe.runtime import open_backend
-
     backend = open_backend(model_dir, "onnx", threads=args.threads or None)
-    return classes_from_probs(
-        predict_probs_exported(backend, paths, batch_size=args.batch_size, num_workers=args.workers)
-    )
+    return classes_from_probs(predict_probs(backend, paths, batch_size=args.batch_size, num_workers=args.workers))
 
 
 def timed(func, *func_args) -> tuple[np.ndarray, float]:

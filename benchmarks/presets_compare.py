@@ -86,6 +86,7 @@ def run_variant(
 ) -> dict:
     from maskpipe.config import load_config
     from maskpipe.ensemble import predict_submission
+    from maskpipe.runtime import open_backend
     from maskpipe.evaluate import evaluate_files
     from maskpipe.train import train_task
 
@@ -100,7 +101,7 @@ def run_variant(
         checkpoints[task] = out / (variant.name if task in variant.tasks else "reference") / task
     seconds = time.monotonic() - started
     submission = out / variant.name / "submission.csv"
-    predict_submission(checkpoints, str(data), submission, tta=variant.tta, cache_dir=out / "cache")
+    predict_submission(open_backend(checkpoints, tta=variant.tta), str(data), submission, cache_dir=out / "cache")
     scores = evaluate_files(submission, data / "eval_truth.csv")
     return {"seconds": seconds, "epochs": epochs_run, "scores": scores}
 

@@ -4,7 +4,7 @@ One run, one machine: the three untrained ``resnet10t`` checkpoints of
 ``benchmarks/inference.py`` (smoke preset input size) are exported with ``maskpipe export``
 (flip TTA in the graph, as served by default), then
 
-* offline: ``maskpipe infer --backend onnx``'s path (:func:`maskpipe.ensemble.predict_probs_exported`)
+* offline: ``maskpipe infer --backend onnx``'s path (:func:`maskpipe.ensemble.predict_probs` on the ``onnx`` backend)
   on the photos, best of ``--rounds``;
 * served: ``maskpipe serve`` started as a child process in the serving environment
   (``--serve-python``, default ``.venv-serve/bin/python``), then for each client count a
@@ -50,7 +50,7 @@ from original_recipe import BenchmarkError, parse_size, run_in_work_dir
 
 from PIL import Image
 
-from maskpipe.ensemble import classes_from_probs, predict_probs_exported
+from maskpipe.ensemble import classes_from_probs, predict_probs
 from maskpipe.export import export_model
 from maskpipe.runtime import open_backend
 from maskpipe.serve_client import ServerProcess, drive, serving_python, v1_body
@@ -105,7 +105,7 @@ def offline(model_dir: Path, paths: list[Path], args: argparse.Namespace) -> tup
     for _ in range(args.rounds):
         start = time.perf_counter()
         backend = open_backend(model_dir, "onnx")  # each call loads the model, as a run does
-        classes = classes_from_probs(predict_probs_exported(backend, paths, batch_size=args.batch_size))
+        classes = classes_from_probs(predict_probs(backend, paths, batch_size=args.batch_size))
         best = min(best, time.perf_counter() - start)
     return classes, best
 

@@ -28,7 +28,8 @@ def ensemble_infer(
 ):
     """Combine the mask, gender and age models into the 18-class submission.
 
-    Wraps ``maskpipe.ensemble.predict_submission`` for the eval images and
+    Opens the models with ``maskpipe.runtime.open_backend``, then wraps
+    ``maskpipe.ensemble.predict_submission`` for the eval images and
     ``predict_rows_probs`` + ``maskpipe.metrics.classification_metrics`` for the validation
     people (the index's ``split == "val"`` rows), whose labels are known. Given
     ``exported_model`` (what ``export-model`` wrote), it runs that folder, so the scores are
@@ -64,16 +65,11 @@ def ensemble_infer(
     from maskpipe.atomic import write_text
     from maskpipe.config import load_config
     from maskpipe.data.index import eval_index_path, read_eval_index, read_index
-    from maskpipe.ensemble import (
-        classes_from_probs,
-        open_exported,
-        predict_rows_probs,
-        predict_submission,
-        resolve_backend,
-    )
+    from maskpipe.ensemble import classes_from_probs, predict_rows_probs, predict_submission
     from maskpipe.errors import DataLayoutError
     from maskpipe.labels import CLASS_NAMES, NUM_COMBINED_CLASSES
     from maskpipe.metrics import classification_metrics
+    from maskpipe.runtime import open_backend
 
     infer = load_config(preset, list(overrides)).infer
     checkpoints = {
@@ -83,13 +79,11 @@ def ensemble_infer(
     }
     index_path = Path(index.path) / "index.parquet"
     options = {"batch_size": infer.batch_size, "num_workers": infer.num_workers}
-    backend = resolve_backend(backend, exported=exported_model is not None)
     # The model first: a wrong or altered folder fails before any image is read.
-    if exported_model is not None:
-        models = open_exported(exported_model.path, backend, "auto", tta)
-        tta, ran = models.card.tta, f"exported model, {models.name} backend"
-    else:
-        models, options["tta"], ran = checkpoints, tta, "three checkpoints, torch backend"
+    source = exported_model.path if exported_model is not None else checkpoints
+    models = open_backend(source, backend, tta=tta)
+    tta = models.tta
+    ran = f"exported model, {models.name} backend" if models.card is not None else "three checkpoints, torch backend"
     print(f"running the {ran}")
 
     if not eval_index_path(index_path).exists():

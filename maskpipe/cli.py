@@ -237,7 +237,8 @@ def _cmd_train(args: argparse.Namespace) -> None:
 
 
 def _cmd_infer(args: argparse.Namespace) -> None:
-    from maskpipe.ensemble import predict_submission, resolve_backend
+    from maskpipe.ensemble import predict_submission
+    from maskpipe.runtime import open_backend
 
     given = [task for task in ("mask", "gender", "age") if getattr(args, task) is not None]
     if args.model is not None and given:
@@ -245,18 +246,16 @@ def _cmd_infer(args: argparse.Namespace) -> None:
     if args.model is None and len(given) != 3:
         raise UserError("give --mask, --gender and --age checkpoint folders, or an exported --model folder")
     source = args.model if args.model is not None else {t: getattr(args, t) for t in given}
-    backend = resolve_backend(args.backend, exported=args.model is not None)
+    # The models first: a wrong or altered folder fails before any image is read.
+    backend = open_backend(source, args.backend, device=args.device, tta=args.tta)
     result = predict_submission(
-        source,
+        backend,
         args.data,
         args.out,
-        tta=args.tta,
         probs_path=args.probs,
         batch_size=args.batch_size,
         num_workers=args.workers,
-        device=args.device,
         cache_dir=args.cache_dir,
-        backend=backend,
     )
     print(result.summary())
     from maskpipe.reports import write_infer_report

@@ -6,7 +6,7 @@ checkpoints' input size. Inside it, each model's own normalisation, the flip TTA
 and its horizontal flips averaged, as ``maskpipe infer --tta`` does) and the softmax; out come
 
 * ``class``        int64 ``(N,)``: the 18-class id, ``mask * 6 + gender * 3 + age`` of the
-  task arg-maxes (exactly :func:`maskpipe.ensemble.classes_from_probs`);
+  task arg-maxes (exactly :func:`maskpipe.backend.classes_from_probs`);
 * ``mask_probs`` ``(N, 3)``, ``gender_probs`` ``(N, 2)``, ``age_probs`` ``(N, 3)``: float32;
 * ``class_probs``  float32 ``(N, 18)``: the product of the three task probabilities (the
   tasks are predicted independently), whose arg-max is ``class``.
@@ -117,7 +117,7 @@ def export_model(
         MaskpipeError: the checkpoints disagree on the input geometry, or the export fails.
         CalibrationError: ``quantize`` without at least 2 calibration photos.
     """
-    from maskpipe.ensemble import load_task_models
+    from maskpipe.torch_backend import load_task_models
 
     if quantize not in (None, "int8"):
         raise MaskpipeError(f"quantize must be 'int8' or None, got {quantize!r}")

@@ -359,9 +359,9 @@ def int8_or_fp32_here(
         return backend
     min_agreement = _min_agreement_setting(min_agreement)
     on_failure = _on_failure_setting(on_failure)
-    from maskpipe.runtime import OnnxEnsemble
+    from maskpipe.runtime import OnnxBackend
 
-    fp32 = OnnxEnsemble(ModelCard(card.folder, {**card.data, "onnx_file": ONNX_FILE, "precision": "fp32"}))
+    fp32 = OnnxBackend(ModelCard(card.folder, {**card.data, "onnx_file": ONNX_FILE, "precision": "fp32"}))
     here = describe(cpu_features())
     quantization = card.data.get("quantization", {})
     sample = quantization.get("check_sample")

@@ -42,7 +42,8 @@ from kserve.model_repository import ModelRepository
 from maskpipe.data.images import ImageDecodeError
 from maskpipe.model_card import OUTPUT_NAMES
 from maskpipe.quantize import int8_or_fp32_here
-from maskpipe.runtime import EnsembleBackend, answers, open_backend
+from maskpipe.backend import Backend
+from maskpipe.runtime import answers, open_backend
 from maskpipe.serve_limits import DecodeGate, ServeLimits, install as install_limits, resident_bytes
 
 log = logging.getLogger(__name__)
@@ -88,7 +89,7 @@ class MicroBatcher:
     the batch grows with the load without a fixed delay.
     """
 
-    def __init__(self, backend: EnsembleBackend, max_batch: int, wait_s: float) -> None:
+    def __init__(self, backend: Backend, max_batch: int, wait_s: float) -> None:
         self.backend, self.max_batch, self.wait_s = backend, max_batch, wait_s
         self._queue: asyncio.Queue | None = None
         self._worker: asyncio.Task | None = None
@@ -155,7 +156,7 @@ class EnsembleModel(Model):
     latency metrics still count it); ``predict`` answers the model's output arrays.
     """
 
-    def __init__(self, backend: EnsembleBackend, options: ServeOptions, gate: DecodeGate) -> None:
+    def __init__(self, backend: Backend, options: ServeOptions, gate: DecodeGate) -> None:
         super().__init__(options.name, return_response_headers=True)
         self.backend, self.options, self.gate = backend, options, gate
         self.card = backend.card

@@ -1,6 +1,6 @@
 """The command line of ``pipeline.py``: compile, run-local, submit and upload.
 
-``pipeline.py`` holds the DAG; this package turns command-line flags into its options and run
+``pipeline_dag.py`` holds the DAG; this package turns command-line flags into its options and run
 parameters (``arguments``), runs it here through kfp.local (``local_run``) or sends it to a
 cluster (``cluster``). ``commands.main`` is what ``python pipeline.py ...`` calls.
 """

@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 from components import IMAGE
 from components.image import DEFAULT_IMAGE, DEFAULT_IMAGE_PINNED
 from maskpipe.cli_args import number, whole_number
-from pipeline import (
+from pipeline_dag import (
     DEFAULT_MINIO_ENDPOINT,
     DEFAULT_SECRET,
     LEGACY_MINIO_ENDPOINT,

@@ -9,7 +9,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
-from pipeline import PIPELINE_NAME, compile_pipeline
+from pipeline_dag import PIPELINE_NAME, compile_pipeline
 from pipeline_cli.arguments import (
     COOKIE_ENV,
     TOKEN_ENV,

@@ -9,7 +9,7 @@ from typing import List, Optional
 
 from maskpipe.cli_args import OneLineParser, whole_number
 from maskpipe.errors import MaskpipeError
-from pipeline import LOCAL_OPTIONS, PIPELINE_NAME, compile_pipeline
+from pipeline_dag import LOCAL_OPTIONS, PIPELINE_NAME, compile_pipeline
 from pipeline_cli.arguments import (
     TOKEN_ENV,
     TOKEN_FILE_ENV,

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Optional
 
-from pipeline import LOCAL_OPTIONS, TASKS, PipelineOptions, make_pipeline
+from pipeline_dag import LOCAL_OPTIONS, TASKS, PipelineOptions, make_pipeline
 from pipeline_cli.console import ANSI, StepConsole, console_to, quoted_tail
 from pipeline_cli.local_deploy import deploy_preflight, deploy_step_with
 

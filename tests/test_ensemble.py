@@ -17,16 +17,17 @@ from maskpipe.config import load_config
 from maskpipe.data.images import load_rgb
 from maskpipe.data.transforms import hwc_float_to_chw, original_eval_transform
 from maskpipe.ensemble import (
+    classes_from_probs,
     combine_classes,
-    load_task_models,
-    predict_classes,
     predict_probs,
+    predict_rows_probs,
     predict_submission,
-    resolve_device,
 )
 from maskpipe.errors import DataLayoutError, MaskpipeError
 from maskpipe.labels import NUM_CLASSES, TASKS, encode_class
 from maskpipe.models import create_model, recalibrate_batchnorm
+from maskpipe.runtime import open_backend
+from maskpipe.torch_backend import load_task_models, resolve_device
 from tiny import one_torch_thread  # noqa: F401  (an autouse fixture: tiny models, one thread)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -111,7 +112,7 @@ def test_combine_classes_rejects_labels_outside_a_task():
 def test_batched_probabilities_equal_one_image_at_a_time(checkpoints, data_root, num_workers):
     _, paths = _image_paths(data_root)
     loaded = load_task_models(checkpoints, torch.device("cpu"))
-    batched = predict_probs(loaded, paths, batch_size=3, num_workers=num_workers)
+    batched = predict_probs(open_backend(loaded, device="cpu"), paths, batch_size=3, num_workers=num_workers)
     for task in TASKS:
         reference = _one_image_at_a_time(load_checkpoint(checkpoints[task]), paths)
         assert batched[task].shape == (IMAGES, NUM_CLASSES[task])
@@ -121,7 +122,7 @@ def test_batched_probabilities_equal_one_image_at_a_time(checkpoints, data_root,
 def test_tta_averages_the_original_and_flipped_probabilities(checkpoints, data_root):
     _, paths = _image_paths(data_root)
     loaded = load_task_models(checkpoints, torch.device("cpu"))
-    with_tta = predict_probs(loaded, paths, tta=True, batch_size=4, num_workers=0)
+    with_tta = predict_probs(open_backend(loaded, device="cpu", tta=True), paths, batch_size=4, num_workers=0)
     for task in TASKS:
         plain_model = load_checkpoint(checkpoints[task])
         original = _one_image_at_a_time(plain_model, paths)
@@ -137,7 +138,7 @@ def test_submission_follows_info_csv_order_and_matches_the_probabilities(
 ):
     out_csv, probs_path = tmp_path / "submission.csv", tmp_path / "probs.parquet"
     result = predict_submission(
-        checkpoints, str(data_root), out_csv, probs_path=probs_path, batch_size=3, num_workers=0
+        open_backend(checkpoints), str(data_root), out_csv, probs_path=probs_path, batch_size=3, num_workers=0
     )
     ids, _ = _image_paths(data_root)
     written = pd.read_csv(out_csv)
@@ -166,8 +167,9 @@ def test_submission_follows_info_csv_order_and_matches_the_probabilities(
 def test_predict_classes_on_an_index_frame_keeps_row_order(checkpoints, data_root):
     ids, _ = _image_paths(data_root)
     frame = pd.DataFrame({"path": [f"eval/images/{i}" for i in ids]})
-    forward = predict_classes(checkpoints, frame, str(data_root), batch_size=2, num_workers=0)
-    backward = predict_classes(checkpoints, frame[::-1], str(data_root), batch_size=5, num_workers=0)
+    backend = open_backend(checkpoints)
+    forward = classes_from_probs(predict_rows_probs(backend, frame, str(data_root), batch_size=2, num_workers=0))
+    backward = classes_from_probs(predict_rows_probs(backend, frame[::-1], str(data_root), batch_size=5, num_workers=0))
     assert forward.shape == (IMAGES,)
     assert forward.tolist() == backward[::-1].tolist()
 
@@ -178,7 +180,7 @@ def test_a_corrupt_eval_image_in_a_decoding_thread_is_reported_by_name(checkpoin
     broken.write_bytes(paths[0].read_bytes()[:200])
     loaded = load_task_models(checkpoints, torch.device("cpu"))
     with pytest.raises(DataLayoutError, match="broken.jpg"):
-        predict_probs(loaded, [*paths, broken], batch_size=2, num_workers=2)
+        predict_probs(open_backend(loaded, device="cpu"), [*paths, broken], batch_size=2, num_workers=2)
 
 
 @pytest.mark.parametrize(("device", "workers"), [("cpu", 0), ("cpu", 2), ("meta", 0), ("meta", 2)])
@@ -217,7 +219,7 @@ def test_cpu_decoding_defaults_to_a_thread_per_core(data_root):
 def test_missing_task_checkpoint_is_a_clear_error(checkpoints, tmp_path, data_root):
     with pytest.raises(MaskpipeError, match=r"missing: \['age'\]"):
         predict_submission(
-            {"mask": checkpoints["mask"], "gender": checkpoints["gender"]},
+            open_backend({"mask": checkpoints["mask"], "gender": checkpoints["gender"]}),
             str(data_root),
             tmp_path / "s.csv",
         )
@@ -234,7 +236,7 @@ def test_bf16_on_cpu_is_refused_not_silently_ignored(checkpoints, data_root):
     _, paths = _image_paths(data_root)
     loaded = load_task_models(checkpoints, torch.device("cpu"))
     with pytest.raises(MaskpipeError, match="only used on CUDA"):
-        predict_probs(loaded, paths, amp=True)
+        predict_probs(open_backend(loaded, device="cpu", amp=True), paths)
 
 
 def inference_benchmark(monkeypatch):
@@ -284,9 +286,9 @@ def test_eval_images_from_minio_give_the_same_submission_as_local(
     from maskpipe.storage import upload_dir
 
     upload_dir(data_root, f"{s3_bucket}/competition")
-    local = predict_submission(checkpoints, str(data_root), tmp_path / "local.csv", num_workers=0)
+    local = predict_submission(open_backend(checkpoints), str(data_root), tmp_path / "local.csv", num_workers=0)
     remote = predict_submission(
-        checkpoints,
+        open_backend(checkpoints),
         f"{s3_bucket}/competition",
         tmp_path / "remote.csv",
         cache_dir=tmp_path / "cache",

@@ -3,7 +3,7 @@
 For each executor in the YAML that ``pipeline.py compile`` writes, its own ``command`` and
 ``args`` run under ``sh`` in a fresh interpreter with only what its image holds: the serving
 environment for the serving image (the deploy step), the training environment for the others;
-``maskpipe`` importable, but neither ``components/`` nor ``pipeline.py`` (the images ship
+``maskpipe`` importable, but neither ``components/`` nor ``pipeline.py``/``pipeline_dag.py`` (the images ship
 neither: a lightweight component carries only its function's source). The launcher's
 ``{{$}}`` is replaced by a real executor input: every input parameter (its default, or a
 value), every artifact a temporary folder. So kfp's own executor imports the embedded source,
@@ -153,7 +153,7 @@ def test_the_step_environment_holds_maskpipe_and_kfp_but_not_this_checkout(envir
     fail in the pod."""
     python = serve_python() if environment == "serving" else sys.executable
     code = ("import importlib.util as u, kfp, maskpipe; "
-            "print([n for n in ('components', 'pipeline', 'pipeline_cli') if u.find_spec(n)])")  # fmt: skip
+            "print([n for n in ('components', 'pipeline', 'pipeline_dag', 'pipeline_cli') if u.find_spec(n)])")  # fmt: skip
     result = subprocess.run(["python3", "-c", code], cwd=tmp_path, env=image_env(python, tmp_path),
                             capture_output=True, text=True, timeout=120)  # fmt: skip
     assert result.returncode == 0, result.stderr

@@ -123,12 +123,13 @@ def test_every_declared_artifact_exists(local_run):
 def test_the_run_exports_a_verified_model_that_answers_as_the_submission(local_run):
     from maskpipe.ensemble import predict_submission
     from maskpipe.model_card import read_model_dir
+    from maskpipe.runtime import open_backend
 
     card = read_model_dir(local_run.model_dir)  # every file's sha256 checked
     assert str(local_run.model_dir) in local_run.summary()
     assert card.tta is False  # the run's tta parameter
     data_root = Path(json.loads((local_run.output_dir / "scores.json").read_text())["truth"]).parent
-    exported = predict_submission(local_run.model_dir, data_root, local_run.output_dir / "onnx.csv", backend="onnx")
+    exported = predict_submission(open_backend(local_run.model_dir, "onnx"), data_root, local_run.output_dir / "onnx.csv")
     assert exported.submission["ans"].tolist() == pd.read_csv(local_run.submission)["ans"].tolist()
     # ... because the ensemble step ran that very folder (the export branch's ensemble-infer)
     assert "running the exported model, onnx backend" in local_run.log_path.read_text()
