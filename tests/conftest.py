@@ -14,6 +14,9 @@ process, :class:`LoopbackS3Server`) calls hooks with each request and stops and 
 same port at the moment a hook picks, keeping its objects; the outage tests of
 ``tests/reliability/test_storage_faults.py`` need that (an endpoint that vanishes between the
 second and third GET of a download). Everything else runs on SeaweedFS.
+
+The other shared fixtures live in tests/fixtures/, one module a concern (an exported model and
+a server on it, small checkpoints, container images), registered below as plugins.
 """
 
 from __future__ import annotations
@@ -23,13 +26,14 @@ import os
 import socket
 import threading
 import uuid
-from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 import pytest
 
 from seaweedfs import ProfileNamespace, SeaweedServer, admin_clients, create_profile_namespace, ensure_kfp_bucket, weed_binary
+
+pytest_plugins = ["fixtures.serving", "fixtures.checkpoints", "fixtures.images"]
 
 _ENV_VARS_TO_CLEAR = (
     "MINIO_ENDPOINT",
@@ -359,44 +363,3 @@ def fresh_storage_clients():
     yield
     storage._clients.clear()
     storage._verified_buckets.clear()
-
-
-# ---------------------------------------------------------------------------------------------
-# an exported model, shared by the export, serve and benchmark tests (an export takes ~20 s)
-
-
-@pytest.fixture(scope="session")
-def serving_eval_data(tmp_path_factory):
-    """A synthetic eval set (14 photos of 2 people, 96x128) in the competition layout."""
-    from maskpipe.data.synth import generate
-
-    root = tmp_path_factory.mktemp("serving-data")
-    generate(root, people=1, eval_people=2, size=(96, 128))
-    return root
-
-
-@pytest.fixture(scope="session")
-def serving_checkpoints(tmp_path_factory):
-    """Three untrained resnet10t checkpoints; a centre crop smaller than the photos, so the
-    exported model's view includes a crop."""
-    from tiny import write_task_checkpoints
-
-    return write_task_checkpoints(
-        tmp_path_factory.mktemp("serving-ckpt"), ["data.crop_size=[112,84]", "data.input_size=[48,36]"]
-    )
-
-
-@pytest.fixture(scope="session")
-def exported_model(serving_checkpoints, tmp_path_factory):
-    """The ``export-model`` component (what the pipeline runs; it wraps ``maskpipe export``)
-    on :func:`serving_checkpoints`, flip TTA in the graph: the model folder."""
-    from kfp import dsl
-
-    from components.export_model import export_model
-
-    out = tmp_path_factory.mktemp("serving-export")
-    inputs = {f"{task}_model": dsl.Model(name="model", uri=str(serving_checkpoints[task]), metadata={}) for task in ("mask", "gender", "age")}
-    model = dsl.Model(name="model", uri=str(out / "model"), metadata={})
-    export_model.python_func(**inputs, model=model, tta=True)
-    assert model.metadata["format"] == "onnx" and model.metadata["input_size"] == "48x36"
-    return Path(model.path)

@@ -23,7 +23,7 @@ import pandas as pd
 import pytest
 from datafactory import make_dataset
 from fake_kube import FakeKubeAPI
-from test_serve import serve_python
+from fixtures.serving import serve_python
 from tiny import TINY_OVERRIDES
 
 import pipeline

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_serve import serve_python
+from fixtures.serving import serve_python
 
 from components.image import serving_image
 

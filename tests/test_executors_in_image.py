@@ -12,11 +12,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from test_containers import built_image, engine  # noqa: F401  (fixtures)
 from test_executors import (
     STARTED_EXECUTORS, assert_started, compiled, executors, is_serving, launcher_argv, passed_artifacts,  # noqa: F401
 )  # fmt: skip
-from test_serve_image import serve_image  # noqa: F401  (fixture)
 
 pytestmark = [pytest.mark.container, pytest.mark.timeout(2400)]
 
@@ -28,7 +26,7 @@ def _open_to_the_image_user(folder: Path) -> None:
 
 
 @pytest.mark.parametrize("label", STARTED_EXECUTORS)
-def test_executor_starts_its_function_in_its_image(request, engine, compiled, label, tmp_path):  # noqa: F811
+def test_executor_starts_its_function_in_its_image(request, engine, compiled, label, tmp_path):  # noqa: F811 - test_executors' fixture
     container, component = executors(compiled)[label]
     image = request.getfixturevalue("serve_image" if is_serving(container) else "built_image")
     image = image if isinstance(image, str) else image.tag
