@@ -17,6 +17,11 @@ second and third GET of a download). Everything else runs on SeaweedFS.
 
 The other shared fixtures live in tests/fixtures/, one module a concern (an exported model and
 a server on it, small checkpoints, container images), registered below as plugins.
+
+Every test gets one of the markers that select a kind of test (pyproject.toml lists them):
+``reliability`` for tests/reliability/, ``integration`` for a test that starts a server or
+process the code talks to (through the fixtures in ``INTEGRATION_FIXTURES``, or marked so in
+its module), and ``unit`` for a test with none of these nor ``slow`` or ``container``.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import socket
 import threading
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Iterator
 
 import pytest
@@ -34,6 +40,23 @@ import pytest
 from seaweedfs import ProfileNamespace, SeaweedServer, admin_clients, create_profile_namespace, ensure_kfp_bucket, weed_binary
 
 pytest_plugins = ["fixtures.serving", "fixtures.checkpoints", "fixtures.images"]
+
+# Fixtures that start what a test talks to: `maskpipe serve`, the S3 server (SeaweedFS, or
+# moto on a loopback port), a container engine.
+INTEGRATION_FIXTURES = frozenset({"server", "start_server", "s3_server", "moto_server", "engine"})
+_RELIABILITY_DIR = Path(__file__).parent / "reliability"
+_NOT_UNIT = ("slow", "container", "integration", "reliability")
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m selects by these markers
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if _RELIABILITY_DIR in item.path.parents:
+            item.add_marker(pytest.mark.reliability)
+        if INTEGRATION_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)
+        if not any(item.get_closest_marker(name) for name in _NOT_UNIT):
+            item.add_marker(pytest.mark.unit)
 
 _ENV_VARS_TO_CLEAR = (
     "MINIO_ENDPOINT",

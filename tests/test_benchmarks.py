@@ -15,6 +15,9 @@ from pathlib import Path
 
 import pytest
 
+# each benchmark script runs as a process
+pytestmark = pytest.mark.integration
+
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 SMOKE_TIMEOUT_S = 60
 

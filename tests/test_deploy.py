@@ -35,6 +35,9 @@ from maskpipe.deploy import (
 from maskpipe.errors import MaskpipeError
 from maskpipe.serve_client import SERVE_PYTHON_ENV, ServerProcess, request, v1_body
 
+# the deploy step runs in the serving environment against a local Kubernetes API
+pytestmark = pytest.mark.integration
+
 ROOT = Path(__file__).resolve().parent.parent
 MODEL_URI = "minio://mlpipeline/v2/artifacts/maskpipe/run-1/export-model/model"
 

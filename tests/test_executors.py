@@ -28,6 +28,9 @@ from fixtures.serving import serve_python
 
 from components.image import serving_image
 
+# each executor runs as a process, as the KFP launcher starts it
+pytestmark = pytest.mark.integration
+
 REPO = Path(__file__).resolve().parent.parent
 # Values for parameters without a default; every other parameter gets its default.
 REQUIRED_VALUES = {

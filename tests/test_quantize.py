@@ -246,6 +246,7 @@ def test_the_card_records_the_cpu_it_was_measured_on_and_keeps_its_held_out_phot
     assert sample["agreement"] == quantization["agreement"]["class"]  # all of them kept: the same figure
 
 
+@pytest.mark.integration
 def test_the_int8_folder_agrees_with_fp32_on_an_avx2_only_cpu(int8_model, exported_model, quantize_data, tmp_path):
     # Full-range int8 weights agreed on 88% of these photos there (and 98% here); 7-bit ones
     # keep the integer sums inside the 16 bits those kernels saturate at.
@@ -334,6 +335,7 @@ def test_an_int8_folder_without_held_out_photos_is_served_fp32(int8_model, tmp_p
     assert f"keeps no held-out photos ({INT8_CHECK_FILE})" in line.getMessage()
 
 
+@pytest.mark.integration
 def test_maskpipe_serve_below_the_threshold_answers_with_the_fp32_graph(int8_model, exported_model, quantize_data, tmp_path, monkeypatch):
     python = serving_python(REPO)
     if not python.exists():

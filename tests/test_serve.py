@@ -21,7 +21,8 @@ from fixtures.serving import MAX_BATCH, jpeg, serve_python
 from maskpipe.serve_client import drive, free_port, request, v1_body, v2_body
 
 MAX_BODY_MB = 20
-pytestmark = pytest.mark.serve_args("--max-body-mb", str(MAX_BODY_MB))
+# every test starts maskpipe serve in the serving environment
+pytestmark = [pytest.mark.integration, pytest.mark.serve_args("--max-body-mb", str(MAX_BODY_MB))]
 
 
 def _v1(server, photos: list[bytes]):

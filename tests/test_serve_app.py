@@ -12,6 +12,8 @@ import pytest
 from maskpipe.serve_client import free_port, request, v1_body, v2_body
 from fixtures.serving import jpeg, serve_python
 
+# every test runs the serving environment, most start maskpipe serve
+pytestmark = pytest.mark.integration
 
 
 def _serve_env_json(code: str) -> object:

@@ -16,6 +16,8 @@ import pytest
 
 from fixtures.serving import MAX_BATCH, serve_python
 
+# maskpipe serve driven by clients in the serving environment
+pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -20,7 +20,8 @@ from fixtures.serving import MAX_BATCH
 from maskpipe.serve_client import Reply, drive, v1_body, v2_body
 
 MAX_BODY_MB = 2
-pytestmark = pytest.mark.serve_args("--max-body-mb", str(MAX_BODY_MB))
+# maskpipe serve under hostile requests
+pytestmark = [pytest.mark.integration, pytest.mark.serve_args("--max-body-mb", str(MAX_BODY_MB))]
 
 
 def post(server, method: str, path: str, body: bytes | None, headers: dict) -> Reply:

@@ -99,6 +99,7 @@ def test_limits_that_cannot_hold_under_the_memory_limit_are_refused_naming_the_f
     assert budgets.worst_case_bytes <= 0.9 * budgets.memory_limit_bytes == 0.9 * ServeLimits().pod_memory_bytes()
 
 
+@pytest.mark.integration
 def test_the_deploy_step_gives_the_predictor_the_memory_the_limits_need():
     from fixtures.serving import serve_python
 
@@ -118,6 +119,7 @@ def _peak_rss_bytes(pid: int) -> int:
     raise AssertionError("no VmHWM in /proc/PID/status")
 
 
+@pytest.mark.integration
 def test_a_hostile_mix_leaves_the_server_below_its_memory_limit_and_loses_no_good_request(start_server):
     limit_mb = ServeLimits().pod_memory_bytes() // MIB  # what the deploy step gives the predictor
     good = [small_photo("RGB", "JPEG", (96, 128)), small_photo("RGB", "PNG", (96, 128))]
@@ -150,6 +152,7 @@ def test_a_hostile_mix_leaves_the_server_below_its_memory_limit_and_loses_no_goo
     assert peak < limit_mb * MIB, f"peak RSS {peak / MIB:.0f} MiB (at start {before / MIB:.0f} MiB) >= {limit_mb} MiB\n{log}"
 
 
+@pytest.mark.integration
 def test_serve_with_a_memory_limit_too_small_for_its_limits_exits_2_with_one_line(exported_model):
     from fixtures.serving import serve_python
 
