@@ -249,12 +249,14 @@ def s3_server(tmp_path_factory) -> Iterator[S3Endpoint]:
         server.stop()
 
 
-def _point_env_at(endpoint: S3Endpoint, monkeypatch: pytest.MonkeyPatch, tmp_path_factory) -> S3Endpoint:
+def _point_env_at(endpoint, monkeypatch: pytest.MonkeyPatch, tmp_path_factory, cache: str = "s3-cache"):
+    """Only ``endpoint.env()`` (an S3Endpoint's or a ProfileNamespace's) of the S3 settings in
+    the environment, and a fresh cache folder; returns ``endpoint``."""
     for name in _ENV_VARS_TO_CLEAR:
         monkeypatch.delenv(name, raising=False)
     for name, value in endpoint.env().items():
         monkeypatch.setenv(name, value)
-    monkeypatch.setenv("MASKPIPE_CACHE_DIR", str(tmp_path_factory.mktemp("s3-cache")))
+    monkeypatch.setenv("MASKPIPE_CACHE_DIR", str(tmp_path_factory.mktemp(cache)))
     return endpoint
 
 
@@ -367,12 +369,7 @@ def profile_namespace(kfp_store, s3_server: S3Endpoint) -> ProfileNamespace:
 @pytest.fixture
 def namespace_env(profile_namespace: ProfileNamespace, monkeypatch: pytest.MonkeyPatch, tmp_path_factory, fresh_storage_clients) -> ProfileNamespace:
     """Only the namespace's endpoint and keys in the environment (no region, no other S3 setting)."""
-    for name in _ENV_VARS_TO_CLEAR:
-        monkeypatch.delenv(name, raising=False)
-    for name, value in profile_namespace.env().items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.setenv("MASKPIPE_CACHE_DIR", str(tmp_path_factory.mktemp("ns-cache")))
-    return profile_namespace
+    return _point_env_at(profile_namespace, monkeypatch, tmp_path_factory, cache="ns-cache")
 
 
 @pytest.fixture
