@@ -27,7 +27,8 @@ from maskpipe.ensemble import (
 from maskpipe.errors import DataLayoutError, MaskpipeError
 from maskpipe.labels import NUM_CLASSES, TASKS, encode_class
 from maskpipe.models import create_model, recalibrate_batchnorm
-from tiny import one_torch_thread  # noqa: F401  (an autouse fixture: tiny models, one thread)
+
+pytestmark = pytest.mark.one_torch_thread  # tiny models (tests/fixtures/threads.py)
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGES = 5  # odd, so batches of 2 or 3 leave a partial last batch

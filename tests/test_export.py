@@ -15,7 +15,9 @@ from maskpipe.labels import TASKS
 from maskpipe.model_card import CARD_FILE, ONNX_FILE, ModelDirError, read_model_dir
 from maskpipe.runtime import open_backend
 from cli_helpers import cli_error
-from tiny import one_torch_thread, write_task_checkpoints  # noqa: F401  (an autouse fixture)
+from tiny import write_task_checkpoints
+
+pytestmark = pytest.mark.one_torch_thread  # tiny models (tests/fixtures/threads.py)
 
 PROB_TOLERANCE = 1e-4
 

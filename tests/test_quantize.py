@@ -34,7 +34,8 @@ from maskpipe.quantize import (
 from maskpipe.runtime import open_backend
 from maskpipe.serve_client import ServerProcess, request, serving_python, v1_body
 from cli_helpers import cli_error
-from tiny import one_torch_thread  # noqa: F401  (an autouse fixture)
+
+pytestmark = pytest.mark.one_torch_thread  # tiny models (tests/fixtures/threads.py)
 
 # Photos per half of the calibration sample: the synthetic root's 28 training photos give 14
 # to calibrate and 14 to check.
