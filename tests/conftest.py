@@ -39,7 +39,7 @@ import pytest
 
 from seaweedfs import ProfileNamespace, SeaweedServer, admin_clients, create_profile_namespace, ensure_kfp_bucket, weed_binary
 
-pytest_plugins = ["fixtures.serving", "fixtures.checkpoints", "fixtures.images", "fixtures.threads"]
+pytest_plugins = ["fixtures.serving", "fixtures.checkpoints", "fixtures.images", "fixtures.threads", "fixtures.launcher"]
 
 # Fixtures that start what a test talks to: `maskpipe serve`, the S3 server (SeaweedFS, or
 # moto on a loopback port), a container engine.
