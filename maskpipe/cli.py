@@ -20,11 +20,12 @@ class UserError(Exception):
     """Bad input the user can fix: printed without a traceback."""
 
 
-def _size(text: str) -> tuple[int, int]:
+def _photo_size(text: str) -> tuple[int, int]:
+    """``HEIGHTxWIDTH`` (the order of ``--image-size`` and ``data.input_size``) -> (width, height)."""
     try:
-        w, h = (int(v) for v in text.lower().split("x"))
+        h, w = (int(v) for v in text.lower().split("x"))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"size must look like 384x512 (WIDTHxHEIGHT), got {text!r}")
+        raise argparse.ArgumentTypeError(f"size must look like 512x384 (HEIGHTxWIDTH), got {text!r}")
     return w, h
 
 
@@ -39,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--people", type=int, default=60)
     p.add_argument("--eval-people", type=int, default=20)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--size", type=_size, default=(384, 512), help="WIDTHxHEIGHT (default 384x512)")
+    p.add_argument("--size", type=_photo_size, default=(384, 512), metavar="HEIGHTxWIDTH", help="photo size (default 512x384)")
     p.set_defaults(func=_cmd_synth)
 
     p = sub.add_parser("index", help="index a data root (local folder or s3://bucket/prefix)")

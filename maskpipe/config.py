@@ -149,7 +149,7 @@ def load_config_file(path: str | Path) -> Config:
 
 def from_dict(raw: dict[str, Any], source: str = "config") -> Config:
     config = Config()
-    for key, value in _flatten(raw):
+    for key, value in flatten(raw):
         _set(config, key, value, source)
     return config
 
@@ -169,12 +169,13 @@ def apply_overrides(config: Config, overrides: list[str] | tuple[str, ...]) -> C
     return config
 
 
-def _flatten(raw: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+def flatten(raw: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    """``{"train": {"epochs": 3}}`` -> ``[("train.epochs", 3)]``; dict-valued fields stay whole."""
     items: list[tuple[str, Any]] = []
     for key, value in raw.items():
         full = f"{prefix}{key}"
         if isinstance(value, dict) and full not in _DICT_FIELDS:
-            items.extend(_flatten(value, f"{full}."))
+            items.extend(flatten(value, f"{full}."))
         else:
             items.append((full, value))
     return items

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from maskpipe.atomic import write_json, write_text
-from maskpipe.config import Config, validate
+from maskpipe.config import Config, flatten, validate
 from maskpipe.errors import CheckpointError, MaskpipeError
 from maskpipe.labels import NUM_CLASSES, TASK_CLASS_NAMES, check_task
 
@@ -179,23 +179,13 @@ def _load_resume_state(out_dir: Path, resume_uri: str | None) -> dict[str, Any] 
     return state
 
 
-def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in d.items():
-        if isinstance(value, dict) and f"{prefix}{key}" != "train.sampler":
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 def _check_compatible(state: dict[str, Any], config: Config, task: str, out_dir: Path) -> None:
     if state.get("task") != task:
         raise CheckpointError(
             f"{out_dir / STATE_FILE} belongs to task {state.get('task')!r}, not {task!r}; use "
             f"another --out folder for {task}"
         )
-    saved, current = _flat(state["config"]), _flat(config.to_dict())
+    saved, current = dict(flatten(state["config"])), dict(flatten(config.to_dict()))
     changed = [
         f"{key}: {saved.get(key)!r} -> {current.get(key)!r}"
         for key in sorted(set(saved) | set(current))
@@ -560,9 +550,9 @@ def _epoch_line(task: str, epoch: int, total: int, row: dict[str, Any]) -> str:
 def _share_cpus(loader_workers: int) -> None:
     # Compute threads plus loader workers must not exceed the CPUs: oversubscribed OpenMP
     # threads spin against each other and a step gets several times slower, not faster.
-    from maskpipe.data.datasets import available_cpus
+    from maskpipe.data.images import default_workers
 
-    threads = max(1, available_cpus() - loader_workers)
+    threads = max(1, default_workers() - loader_workers)
     if threads < torch.get_num_threads():
         log.debug("using %d compute threads beside %d loader workers", threads, loader_workers)
         torch.set_num_threads(threads)

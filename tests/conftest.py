@@ -14,6 +14,14 @@ process, :class:`LoopbackS3Server`) calls hooks with each request and stops and 
 same port at the moment a hook picks, keeping its objects; the outage tests of
 ``tests/reliability/test_storage_faults.py`` need that (an endpoint that vanishes between the
 second and third GET of a download). Everything else runs on SeaweedFS.
+
+The other shared fixtures live in tests/fixtures/, one module a concern (an exported model and
+a server on it, small checkpoints, container images), registered below as plugins.
+
+Every test gets one of the markers that select a kind of test (pyproject.toml lists them):
+``reliability`` for tests/reliability/, ``integration`` for a test that starts a server or
+process the code talks to (through the fixtures in ``INTEGRATION_FIXTURES``, or marked so in
+its module), and ``unit`` for a test with none of these nor ``slow`` or ``container``.
 """
 
 from __future__ import annotations
@@ -23,13 +31,32 @@ import os
 import socket
 import threading
 import uuid
-from pathlib import Path
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Iterator
 
 import pytest
 
 from seaweedfs import ProfileNamespace, SeaweedServer, admin_clients, create_profile_namespace, ensure_kfp_bucket, weed_binary
+
+pytest_plugins = ["fixtures.serving", "fixtures.checkpoints", "fixtures.images", "fixtures.threads", "fixtures.launcher"]
+
+# Fixtures that start what a test talks to: `maskpipe serve`, the S3 server (SeaweedFS, or
+# moto on a loopback port), a container engine.
+INTEGRATION_FIXTURES = frozenset({"server", "start_server", "s3_server", "moto_server", "engine"})
+_RELIABILITY_DIR = Path(__file__).parent / "reliability"
+_NOT_UNIT = ("slow", "container", "integration", "reliability")
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m selects by these markers
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if _RELIABILITY_DIR in item.path.parents:
+            item.add_marker(pytest.mark.reliability)
+        if INTEGRATION_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)
+        if not any(item.get_closest_marker(name) for name in _NOT_UNIT):
+            item.add_marker(pytest.mark.unit)
 
 _ENV_VARS_TO_CLEAR = (
     "MINIO_ENDPOINT",
@@ -222,12 +249,14 @@ def s3_server(tmp_path_factory) -> Iterator[S3Endpoint]:
         server.stop()
 
 
-def _point_env_at(endpoint: S3Endpoint, monkeypatch: pytest.MonkeyPatch, tmp_path_factory) -> S3Endpoint:
+def _point_env_at(endpoint, monkeypatch: pytest.MonkeyPatch, tmp_path_factory, cache: str = "s3-cache"):
+    """Only ``endpoint.env()`` (an S3Endpoint's or a ProfileNamespace's) of the S3 settings in
+    the environment, and a fresh cache folder; returns ``endpoint``."""
     for name in _ENV_VARS_TO_CLEAR:
         monkeypatch.delenv(name, raising=False)
     for name, value in endpoint.env().items():
         monkeypatch.setenv(name, value)
-    monkeypatch.setenv("MASKPIPE_CACHE_DIR", str(tmp_path_factory.mktemp("s3-cache")))
+    monkeypatch.setenv("MASKPIPE_CACHE_DIR", str(tmp_path_factory.mktemp(cache)))
     return endpoint
 
 
@@ -340,12 +369,7 @@ def profile_namespace(kfp_store, s3_server: S3Endpoint) -> ProfileNamespace:
 @pytest.fixture
 def namespace_env(profile_namespace: ProfileNamespace, monkeypatch: pytest.MonkeyPatch, tmp_path_factory, fresh_storage_clients) -> ProfileNamespace:
     """Only the namespace's endpoint and keys in the environment (no region, no other S3 setting)."""
-    for name in _ENV_VARS_TO_CLEAR:
-        monkeypatch.delenv(name, raising=False)
-    for name, value in profile_namespace.env().items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.setenv("MASKPIPE_CACHE_DIR", str(tmp_path_factory.mktemp("ns-cache")))
-    return profile_namespace
+    return _point_env_at(profile_namespace, monkeypatch, tmp_path_factory, cache="ns-cache")
 
 
 @pytest.fixture
@@ -359,44 +383,3 @@ def fresh_storage_clients():
     yield
     storage._clients.clear()
     storage._verified_buckets.clear()
-
-
-# ---------------------------------------------------------------------------------------------
-# an exported model, shared by the export, serve and benchmark tests (an export takes ~20 s)
-
-
-@pytest.fixture(scope="session")
-def serving_eval_data(tmp_path_factory):
-    """A synthetic eval set (14 photos of 2 people, 96x128) in the competition layout."""
-    from maskpipe.data.synth import generate
-
-    root = tmp_path_factory.mktemp("serving-data")
-    generate(root, people=1, eval_people=2, size=(96, 128))
-    return root
-
-
-@pytest.fixture(scope="session")
-def serving_checkpoints(tmp_path_factory):
-    """Three untrained resnet10t checkpoints; a centre crop smaller than the photos, so the
-    exported model's view includes a crop."""
-    from tiny import write_task_checkpoints
-
-    return write_task_checkpoints(
-        tmp_path_factory.mktemp("serving-ckpt"), ["data.crop_size=[112,84]", "data.input_size=[48,36]"]
-    )
-
-
-@pytest.fixture(scope="session")
-def exported_model(serving_checkpoints, tmp_path_factory):
-    """The ``export-model`` component (what the pipeline runs; it wraps ``maskpipe export``)
-    on :func:`serving_checkpoints`, flip TTA in the graph: the model folder."""
-    from kfp import dsl
-
-    from components.export_model import export_model
-
-    out = tmp_path_factory.mktemp("serving-export")
-    inputs = {f"{task}_model": dsl.Model(name="model", uri=str(serving_checkpoints[task]), metadata={}) for task in ("mask", "gender", "age")}
-    model = dsl.Model(name="model", uri=str(out / "model"), metadata={})
-    export_model.python_func(**inputs, model=model, tta=True)
-    assert model.metadata["format"] == "onnx" and model.metadata["input_size"] == "48x36"
-    return Path(model.path)

@@ -15,6 +15,9 @@ from pathlib import Path
 
 import pytest
 
+# each benchmark script runs as a process
+pytestmark = pytest.mark.integration
+
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 SMOKE_TIMEOUT_S = 60
 
@@ -114,7 +117,7 @@ SERVE_SMOKE_TIMEOUT_S = 180  # an export and a server start on top of the smoke 
 @pytest.mark.timeout(SERVE_SMOKE_TIMEOUT_S)
 @pytest.mark.parametrize("precision", [[], ["--quantize", "int8"]], ids=["fp32", "int8"])
 def test_serve_benchmark_drives_each_client_count_and_prints_the_scaling_last(tmp_path, precision):
-    from test_serve import serve_python
+    from fixtures.serving import serve_python
 
     result = subprocess.run(
         [sys.executable, str(BENCHMARKS / "serve.py"), "--quick", "--images", "4", "--requests", "8",

@@ -28,7 +28,6 @@ import subprocess
 import sys
 import time
 import tomllib
-from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -36,6 +35,7 @@ import pytest
 import yaml
 
 from datafactory import make_dataset
+from fixtures.images import build_image, clean_tree, run_in_image
 from pipeline_cli import containers
 from pipeline_cli.local_run import LocalRun, PipelineRunError, run_local
 from tiny import TINY_OVERRIDES, tiny_pipeline_arguments
@@ -45,104 +45,7 @@ from tiny import TINY_OVERRIDES, tiny_pipeline_arguments
 pytestmark = [pytest.mark.container, pytest.mark.timeout(2400)]
 
 REPO = Path(__file__).resolve().parent.parent
-TEST_IMAGE = os.environ.get("MASKPIPE_TEST_IMAGE", "maskpipe:test")
-SETUP_SCRIPT = REPO / "docker" / "engine" / "setup-podman.sh"
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
-
-
-@dataclass
-class Engine:
-    docker_host: str
-    client: object  # docker.DockerClient
-
-
-@dataclass
-class BuiltImage:
-    tag: str
-    revision: str
-    output: str
-    seconds: float
-
-
-def _unavailable(reason: str):
-    if os.environ.get("MASKPIPE_REQUIRE_CONTAINERS") == "1":
-        pytest.fail(f"MASKPIPE_REQUIRE_CONTAINERS=1 but {reason}")
-    pytest.skip(reason)
-
-
-@pytest.fixture(scope="session")
-def engine() -> Engine:
-    """A Docker API that answers: the one configured here, or podman set up by the script."""
-    try:
-        docker_host = containers.find_docker_host()
-        client = containers.connect(docker_host)
-    except containers.ContainerEngineError as first:
-        if os.geteuid() != 0 or shutil.which("apt-get") is None:
-            _unavailable(f"no container engine answers and none can be set up here "
-                         f"(needs root and apt-get): {first}")
-        setup = subprocess.run(["bash", str(SETUP_SCRIPT)], capture_output=True, text=True, timeout=900)
-        if setup.returncode != 0:
-            _unavailable(f"{SETUP_SCRIPT.name} failed: {setup.stderr.strip()[-500:]}")
-        try:
-            docker_host = containers.find_docker_host({"DOCKER_HOST": f"unix://{containers.PODMAN_SOCKET}"})
-            client = containers.connect(docker_host)
-        except containers.ContainerEngineError as second:
-            _unavailable(str(second))
-    yield Engine(docker_host, client)
-    client.close()
-
-
-def _clean_tree(destination: Path) -> Path:
-    """The repository's tracked and unignored files (no venv, build outputs or data)."""
-    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-                            cwd=REPO, capture_output=True, check=True).stdout.decode().split("\0")
-    for name in filter(None, listed):
-        source = REPO / name
-        if source.is_file():
-            (destination / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, destination / name)
-    return destination
-
-
-def _expected_revision() -> str:
-    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                          check=True).stdout.strip()
-    return f"{head}-test"
-
-
-def _build(tree: Path, tag: str, engine: Engine, revision: str, dockerfile: str | None = None) -> subprocess.CompletedProcess:
-    env = dict(os.environ, REVISION=revision, DOCKER_HOST=engine.docker_host)
-    which = ["--dockerfile", dockerfile] if dockerfile else []
-    return subprocess.run(["bash", "docker/build-image.sh", "--tag", tag, *which], cwd=tree, env=env,
-                          capture_output=True, text=True, timeout=3600)
-
-
-@pytest.fixture(scope="session")
-def built_image(engine, tmp_path_factory) -> BuiltImage:
-    if os.environ.get("MASKPIPE_TEST_PREBUILT") == "1":
-        containers.check_image(engine.client, TEST_IMAGE, engine.docker_host)
-        size = engine.client.images.get(TEST_IMAGE).attrs["Size"] / 1e9
-        return BuiltImage(TEST_IMAGE, os.environ["MASKPIPE_TEST_REVISION"],
-                          f"built {TEST_IMAGE} with prebuilt in 0 s: {size:.2f} GB", 0.0)
-    tree = _clean_tree(tmp_path_factory.mktemp("clean-tree"))
-    revision = _expected_revision()
-    started = time.monotonic()
-    result = _build(tree, TEST_IMAGE, engine, revision)
-    seconds = time.monotonic() - started
-    assert result.returncode == 0, f"the image build failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
-    return BuiltImage(TEST_IMAGE, revision, result.stdout + result.stderr, seconds)
-
-
-def run_in_image(engine: Engine, image: str, command: list[str], **kwargs) -> str:
-    """Run ``command`` in a throw-away container of ``image``; its output (exit 0 asserted)."""
-    container = engine.client.containers.run(image, command, detach=True, network_mode="host", **kwargs)
-    try:
-        code = container.wait()["StatusCode"]
-        output = container.logs().decode("utf-8", errors="replace")
-    finally:
-        container.remove(force=True)
-    assert code == 0, f"{command} exited {code} in {image}:\n{output}"
-    return output
 
 
 # ---------------------------------------------------------------- the image
@@ -449,11 +352,11 @@ def test_run_local_on_an_engine_not_configured_for_this_machine_names_the_setup_
 def test_a_build_failing_on_a_dependency_ends_in_one_line_naming_it(engine, built_image, tmp_path):
     if os.environ.get("MASKPIPE_TEST_PREBUILT") == "1":
         pytest.skip("a prebuilt image is under test; docker/build-image.sh is not")
-    tree = _clean_tree(tmp_path / "tree")
+    tree = clean_tree(tmp_path / "tree")
     pyproject = tree / "pyproject.toml"
     text = pyproject.read_text()
     pyproject.write_text(text.replace("dependencies = [\n", 'dependencies = [\n    "maskpipe-no-such-package==1.0",\n', 1))
-    result = _build(tree, "maskpipe:broken-dependency-test", engine, "test")
+    result = build_image(tree, "maskpipe:broken-dependency-test", engine, "test")
     assert result.returncode != 0
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("build-image.sh: building maskpipe:broken-dependency-test from docker/Dockerfile.gpu failed")

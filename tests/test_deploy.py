@@ -23,7 +23,7 @@ import pandas as pd
 import pytest
 from datafactory import make_dataset
 from fake_kube import FakeKubeAPI
-from test_serve import serve_python
+from fixtures.serving import serve_python
 from tiny import TINY_OVERRIDES
 
 import pipeline
@@ -34,6 +34,9 @@ from maskpipe.deploy import (
 )  # fmt: skip
 from maskpipe.errors import MaskpipeError
 from maskpipe.serve_client import SERVE_PYTHON_ENV, ServerProcess, request, v1_body
+
+# the deploy step runs in the serving environment against a local Kubernetes API
+pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL_URI = "minio://mlpipeline/v2/artifacts/maskpipe/run-1/export-model/model"

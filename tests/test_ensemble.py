@@ -28,7 +28,8 @@ from maskpipe.labels import NUM_CLASSES, TASKS, encode_class
 from maskpipe.models import create_model, recalibrate_batchnorm
 from maskpipe.runtime import open_backend
 from maskpipe.torch_backend import load_task_models, resolve_device
-from tiny import one_torch_thread  # noqa: F401  (an autouse fixture: tiny models, one thread)
+
+pytestmark = pytest.mark.one_torch_thread  # tiny models (tests/fixtures/threads.py)
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGES = 5  # odd, so batches of 2 or 3 leave a partial last batch
@@ -41,7 +42,7 @@ TASK_DATA = {
 
 
 @pytest.fixture(scope="module")
-def data_root(tmp_path_factory) -> Path:
+def eval_root(tmp_path_factory) -> Path:
     """A tiny eval set: eval/info.csv lists the images in an order unlike their names."""
     root = tmp_path_factory.mktemp("data")
     images = root / "eval" / "images"
@@ -60,7 +61,8 @@ def data_root(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory) -> dict[str, Path]:
+def mixed_checkpoints(tmp_path_factory) -> dict[str, Path]:
+    """One checkpoint per task, each with its own preprocessing (TASK_DATA), giving varied answers."""
     folder = tmp_path_factory.mktemp("checkpoints")
     out = {}
     for seed, task in enumerate(TASKS):
@@ -75,9 +77,9 @@ def checkpoints(tmp_path_factory) -> dict[str, Path]:
     return out
 
 
-def _image_paths(data_root: Path) -> tuple[list[str], list[Path]]:
-    ids = pd.read_csv(data_root / "eval" / "info.csv")["ImageID"].tolist()
-    return ids, [data_root / "eval" / "images" / i for i in ids]
+def _image_paths(eval_root: Path) -> tuple[list[str], list[Path]]:
+    ids = pd.read_csv(eval_root / "eval" / "info.csv")["ImageID"].tolist()
+    return ids, [eval_root / "eval" / "images" / i for i in ids]
 
 
 def _one_image_at_a_time(checkpoint, paths, flip=False) -> np.ndarray:
@@ -109,22 +111,22 @@ def test_combine_classes_rejects_labels_outside_a_task():
 
 
 @pytest.mark.parametrize("num_workers", [0, 2])
-def test_batched_probabilities_equal_one_image_at_a_time(checkpoints, data_root, num_workers):
-    _, paths = _image_paths(data_root)
-    loaded = load_task_models(checkpoints, torch.device("cpu"))
+def test_batched_probabilities_equal_one_image_at_a_time(mixed_checkpoints, eval_root, num_workers):
+    _, paths = _image_paths(eval_root)
+    loaded = load_task_models(mixed_checkpoints, torch.device("cpu"))
     batched = predict_probs(open_backend(loaded, device="cpu"), paths, batch_size=3, num_workers=num_workers)
     for task in TASKS:
-        reference = _one_image_at_a_time(load_checkpoint(checkpoints[task]), paths)
+        reference = _one_image_at_a_time(load_checkpoint(mixed_checkpoints[task]), paths)
         assert batched[task].shape == (IMAGES, NUM_CLASSES[task])
         np.testing.assert_allclose(batched[task], reference, atol=1e-5, err_msg=task)
 
 
-def test_tta_averages_the_original_and_flipped_probabilities(checkpoints, data_root):
-    _, paths = _image_paths(data_root)
-    loaded = load_task_models(checkpoints, torch.device("cpu"))
+def test_tta_averages_the_original_and_flipped_probabilities(mixed_checkpoints, eval_root):
+    _, paths = _image_paths(eval_root)
+    loaded = load_task_models(mixed_checkpoints, torch.device("cpu"))
     with_tta = predict_probs(open_backend(loaded, device="cpu", tta=True), paths, batch_size=4, num_workers=0)
     for task in TASKS:
-        plain_model = load_checkpoint(checkpoints[task])
+        plain_model = load_checkpoint(mixed_checkpoints[task])
         original = _one_image_at_a_time(plain_model, paths)
         flipped = _one_image_at_a_time(plain_model, paths, flip=True)
         assert with_tta[task].shape == (IMAGES, NUM_CLASSES[task])
@@ -134,13 +136,13 @@ def test_tta_averages_the_original_and_flipped_probabilities(checkpoints, data_r
 
 
 def test_submission_follows_info_csv_order_and_matches_the_probabilities(
-    checkpoints, data_root, tmp_path
+    mixed_checkpoints, eval_root, tmp_path
 ):
     out_csv, probs_path = tmp_path / "submission.csv", tmp_path / "probs.parquet"
     result = predict_submission(
-        open_backend(checkpoints), str(data_root), out_csv, probs_path=probs_path, batch_size=3, num_workers=0
+        open_backend(mixed_checkpoints), str(eval_root), out_csv, probs_path=probs_path, batch_size=3, num_workers=0
     )
-    ids, _ = _image_paths(data_root)
+    ids, _ = _image_paths(eval_root)
     written = pd.read_csv(out_csv)
     assert list(written.columns) == ["ImageID", "ans"]
     assert written["ImageID"].tolist() == ids
@@ -164,32 +166,32 @@ def test_submission_follows_info_csv_order_and_matches_the_probabilities(
     assert f"{IMAGES} images" in result.summary()
 
 
-def test_predict_classes_on_an_index_frame_keeps_row_order(checkpoints, data_root):
-    ids, _ = _image_paths(data_root)
+def test_predict_classes_on_an_index_frame_keeps_row_order(mixed_checkpoints, eval_root):
+    ids, _ = _image_paths(eval_root)
     frame = pd.DataFrame({"path": [f"eval/images/{i}" for i in ids]})
-    backend = open_backend(checkpoints)
-    forward = classes_from_probs(predict_rows_probs(backend, frame, str(data_root), batch_size=2, num_workers=0))
-    backward = classes_from_probs(predict_rows_probs(backend, frame[::-1], str(data_root), batch_size=5, num_workers=0))
+    backend = open_backend(mixed_checkpoints)
+    forward = classes_from_probs(predict_rows_probs(backend, frame, str(eval_root), batch_size=2, num_workers=0))
+    backward = classes_from_probs(predict_rows_probs(backend, frame[::-1], str(eval_root), batch_size=5, num_workers=0))
     assert forward.shape == (IMAGES,)
     assert forward.tolist() == backward[::-1].tolist()
 
 
-def test_a_corrupt_eval_image_in_a_decoding_thread_is_reported_by_name(checkpoints, tmp_path, data_root):
-    ids, paths = _image_paths(data_root)
+def test_a_corrupt_eval_image_in_a_decoding_thread_is_reported_by_name(mixed_checkpoints, tmp_path, eval_root):
+    ids, paths = _image_paths(eval_root)
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(paths[0].read_bytes()[:200])
-    loaded = load_task_models(checkpoints, torch.device("cpu"))
+    loaded = load_task_models(mixed_checkpoints, torch.device("cpu"))
     with pytest.raises(DataLayoutError, match="broken.jpg"):
         predict_probs(open_backend(loaded, device="cpu"), [*paths, broken], batch_size=2, num_workers=2)
 
 
 @pytest.mark.parametrize(("device", "workers"), [("cpu", 0), ("cpu", 2), ("meta", 0), ("meta", 2)])
-def test_cpu_decoding_threads_and_gpu_worker_processes_give_the_same_batches(tmp_path, data_root, device, workers):
+def test_cpu_decoding_threads_and_gpu_worker_processes_give_the_same_batches(tmp_path, eval_root, device, workers):
     # The CPU decodes in threads (ThreadedBatches), other devices in DataLoader worker
     # processes; "meta" stands in for CUDA here: it picks the loader without needing a GPU.
     from maskpipe.ensemble import EvalImages, ThreadedBatches, make_loader
 
-    _, paths = _image_paths(data_root)
+    _, paths = _image_paths(eval_root)
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(paths[0].read_bytes()[:200])
     views = [((56, 40), (32, 24)), (None, (40, 32))]
@@ -206,7 +208,7 @@ def test_cpu_decoding_threads_and_gpu_worker_processes_give_the_same_batches(tmp
     assert isinstance(bad[0], str) and "broken.jpg" in bad[0]
 
 
-def test_cpu_decoding_defaults_to_a_thread_per_core(data_root):
+def test_cpu_decoding_defaults_to_a_thread_per_core(eval_root):
     from maskpipe.data.images import default_workers
     from maskpipe.ensemble import default_num_workers
 
@@ -216,11 +218,11 @@ def test_cpu_decoding_defaults_to_a_thread_per_core(data_root):
     assert default_num_workers(1000, 64, torch.device("cuda")) == cores
 
 
-def test_missing_task_checkpoint_is_a_clear_error(checkpoints, tmp_path, data_root):
+def test_missing_task_checkpoint_is_a_clear_error(mixed_checkpoints, tmp_path, eval_root):
     with pytest.raises(MaskpipeError, match=r"missing: \['age'\]"):
         predict_submission(
-            open_backend({"mask": checkpoints["mask"], "gender": checkpoints["gender"]}),
-            str(data_root),
+            open_backend({"mask": mixed_checkpoints["mask"], "gender": mixed_checkpoints["gender"]}),
+            str(eval_root),
             tmp_path / "s.csv",
         )
 
@@ -232,9 +234,9 @@ def test_asking_for_cuda_without_a_gpu_fails_instead_of_falling_back():
     assert resolve_device("auto").type == "cpu"
 
 
-def test_bf16_on_cpu_is_refused_not_silently_ignored(checkpoints, data_root):
-    _, paths = _image_paths(data_root)
-    loaded = load_task_models(checkpoints, torch.device("cpu"))
+def test_bf16_on_cpu_is_refused_not_silently_ignored(mixed_checkpoints, eval_root):
+    _, paths = _image_paths(eval_root)
+    loaded = load_task_models(mixed_checkpoints, torch.device("cpu"))
     with pytest.raises(MaskpipeError, match="only used on CUDA"):
         predict_probs(open_backend(loaded, device="cpu", amp=True), paths)
 
@@ -264,31 +266,31 @@ def test_benchmark_quick_run_prints_the_speedup_last(tmp_path, capsys, monkeypat
 
 
 def test_benchmark_runs_given_checkpoints_on_a_data_roots_photos(
-    serving_checkpoints, data_root, tmp_path, capsys, monkeypatch
+    serving_checkpoints, eval_root, tmp_path, capsys, monkeypatch
 ):
-    checkpoints = serving_checkpoints  # one view for all three: the graph can be exported
+    # serving_checkpoints: one view for all three, so the graph can be exported
     code = inference_benchmark(monkeypatch).main(
-        ["--quick", "--images", "6", "--batch-size", "4", "--workers", "0", "--data", str(data_root),
-         *(arg for task in TASKS for arg in (f"--{task}", str(checkpoints[task]))),
+        ["--quick", "--images", "6", "--batch-size", "4", "--workers", "0", "--data", str(eval_root),
+         *(arg for task in TASKS for arg in (f"--{task}", str(serving_checkpoints[task]))),
          "--calibration-images", "2", "--work-dir", str(tmp_path)]
     )  # fmt: skip
     captured = capsys.readouterr()
     out = captured.out
     assert code == 0, captured.err
-    assert f"eval photos of {data_root}; 3 x resnet10t (--mask/--gender/--age)" in out
+    assert f"eval photos of {eval_root}; 3 x resnet10t (--mask/--gender/--age)" in out
     assert "exported graph int8 (onnx):" in out and out.strip().splitlines()[-1].startswith("inference speedup: ")
     assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "images").exists()
 
 
 def test_eval_images_from_minio_give_the_same_submission_as_local(
-    checkpoints, data_root, tmp_path, s3_bucket
+    mixed_checkpoints, eval_root, tmp_path, s3_bucket
 ):
     from maskpipe.storage import upload_dir
 
-    upload_dir(data_root, f"{s3_bucket}/competition")
-    local = predict_submission(open_backend(checkpoints), str(data_root), tmp_path / "local.csv", num_workers=0)
+    upload_dir(eval_root, f"{s3_bucket}/competition")
+    local = predict_submission(open_backend(mixed_checkpoints), str(eval_root), tmp_path / "local.csv", num_workers=0)
     remote = predict_submission(
-        open_backend(checkpoints),
+        open_backend(mixed_checkpoints),
         f"{s3_bucket}/competition",
         tmp_path / "remote.csv",
         cache_dir=tmp_path / "cache",
@@ -299,15 +301,15 @@ def test_eval_images_from_minio_give_the_same_submission_as_local(
     assert any((tmp_path / "cache").rglob("*.jpg")), "images should come through the cache"
 
 
-def test_cli_infer_on_a_synthetic_set_then_evaluate_against_its_truth(checkpoints, tmp_path, capsys):
+def test_cli_infer_on_a_synthetic_set_then_evaluate_against_its_truth(mixed_checkpoints, tmp_path, capsys):
     from maskpipe.cli import main
     from maskpipe.data.synth import generate
 
     generate(tmp_path / "data", people=1, eval_people=2, seed=1, size=(48, 64))
     out_csv, probs, scores = tmp_path / "sub.csv", tmp_path / "probs.parquet", tmp_path / "s.json"
     code = main(
-        ["infer", "--mask", str(checkpoints["mask"]), "--gender", str(checkpoints["gender"]),
-         "--age", str(checkpoints["age"]), "--data", str(tmp_path / "data"), "-o", str(out_csv),
+        ["infer", "--mask", str(mixed_checkpoints["mask"]), "--gender", str(mixed_checkpoints["gender"]),
+         "--age", str(mixed_checkpoints["age"]), "--data", str(tmp_path / "data"), "-o", str(out_csv),
          "--tta", "--probs", str(probs), "--workers", "0", "--device", "cpu"]
     )  # fmt: skip
     assert code == 0, capsys.readouterr().err

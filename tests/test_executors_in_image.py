@@ -12,11 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from test_containers import built_image, engine  # noqa: F401  (fixtures)
-from test_executors import (
-    STARTED_EXECUTORS, assert_started, compiled, executors, is_serving, launcher_argv, passed_artifacts,  # noqa: F401
-)  # fmt: skip
-from test_serve_image import serve_image  # noqa: F401  (fixture)
+from fixtures.launcher import STARTED_EXECUTORS, assert_started, executors, is_serving, launcher_argv, passed_artifacts
 
 pytestmark = [pytest.mark.container, pytest.mark.timeout(2400)]
 
@@ -28,13 +24,13 @@ def _open_to_the_image_user(folder: Path) -> None:
 
 
 @pytest.mark.parametrize("label", STARTED_EXECUTORS)
-def test_executor_starts_its_function_in_its_image(request, engine, compiled, label, tmp_path):  # noqa: F811
-    container, component = executors(compiled)[label]
+def test_executor_starts_its_function_in_its_image(request, engine, cluster_spec, label, tmp_path):
+    container, component = executors(cluster_spec)[label]
     image = request.getfixturevalue("serve_image" if is_serving(container) else "built_image")
     image = image if isinstance(image, str) else image.tag
     work = tmp_path / "work"
     work.mkdir()
-    argv = launcher_argv(container, component, passed_artifacts(compiled, label), work)
+    argv = launcher_argv(container, component, passed_artifacts(cluster_spec, label), work)
     _open_to_the_image_user(work)
     run = engine.client.containers.run(
         image, argv[1:], entrypoint=argv[:1], working_dir=str(work), detach=True, network_mode="host",

@@ -15,24 +15,11 @@ from maskpipe.labels import TASKS
 from maskpipe.model_card import CARD_FILE, ONNX_FILE, ModelDirError, read_model_dir
 from maskpipe.runtime import open_backend
 from cli_helpers import cli_error
-from tiny import one_torch_thread, write_task_checkpoints  # noqa: F401  (an autouse fixture)
+from tiny import write_task_checkpoints
+
+pytestmark = pytest.mark.one_torch_thread  # tiny models (tests/fixtures/threads.py)
 
 PROB_TOLERANCE = 1e-4
-
-
-@pytest.fixture
-def eval_data(serving_eval_data) -> Path:
-    return serving_eval_data
-
-
-@pytest.fixture
-def checkpoints(serving_checkpoints) -> dict[str, Path]:
-    return serving_checkpoints
-
-
-@pytest.fixture
-def model_dir(exported_model) -> Path:
-    return exported_model
 
 
 def _task_flags(checkpoints: dict[str, Path]) -> list[str]:
@@ -46,9 +33,9 @@ def _infer(tmp_path: Path, name: str, eval_data: Path, *source: str) -> tuple[pd
     return pd.read_csv(out), pd.read_parquet(probs)
 
 
-def test_onnx_model_gives_the_classes_and_probabilities_of_infer_with_tta(model_dir, checkpoints, eval_data, tmp_path):
-    torch_sub, torch_probs = _infer(tmp_path, "torch", eval_data, *_task_flags(checkpoints), "--tta")
-    onnx_sub, onnx_probs = _infer(tmp_path, "onnx", eval_data, "--model", str(model_dir), "--backend", "onnx")
+def test_onnx_model_gives_the_classes_and_probabilities_of_infer_with_tta(exported_model, serving_checkpoints, serving_eval_data, tmp_path):
+    torch_sub, torch_probs = _infer(tmp_path, "torch", serving_eval_data, *_task_flags(serving_checkpoints), "--tta")
+    onnx_sub, onnx_probs = _infer(tmp_path, "onnx", serving_eval_data, "--model", str(exported_model), "--backend", "onnx")
     assert len(torch_sub) == 14 and torch_sub["ans"].nunique() > 1  # varied answers, or the test means little
     assert onnx_sub["ImageID"].tolist() == torch_sub["ImageID"].tolist()
     assert onnx_sub["ans"].tolist() == torch_sub["ans"].tolist()
@@ -56,16 +43,16 @@ def test_onnx_model_gives_the_classes_and_probabilities_of_infer_with_tta(model_
     assert np.abs(onnx_probs[columns].to_numpy() - torch_probs[columns].to_numpy()).max() < PROB_TOLERANCE
 
 
-def test_torch_backend_on_the_model_folder_agrees_with_onnx(model_dir, eval_data, tmp_path):
-    onnx_sub, onnx_probs = _infer(tmp_path, "onnx", eval_data, "--model", str(model_dir))
-    torch_sub, torch_probs = _infer(tmp_path, "torch", eval_data, "--model", str(model_dir), "--backend", "torch")
+def test_torch_backend_on_the_model_folder_agrees_with_onnx(exported_model, serving_eval_data, tmp_path):
+    onnx_sub, onnx_probs = _infer(tmp_path, "onnx", serving_eval_data, "--model", str(exported_model))
+    torch_sub, torch_probs = _infer(tmp_path, "torch", serving_eval_data, "--model", str(exported_model), "--backend", "torch")
     assert torch_sub["ans"].tolist() == onnx_sub["ans"].tolist()
     columns = [c for c in torch_probs.columns if c != "image_id"]
     assert np.abs(onnx_probs[columns].to_numpy() - torch_probs[columns].to_numpy()).max() < PROB_TOLERANCE
 
 
-def test_graph_outputs_agree_with_each_other_and_take_any_batch_size(model_dir):
-    backend = open_backend(model_dir, "onnx")
+def test_graph_outputs_agree_with_each_other_and_take_any_batch_size(exported_model):
+    backend = open_backend(exported_model, "onnx")
     height, width = backend.card.input_size
     images = np.random.default_rng(0).integers(0, 256, (7, height, width, 3), dtype=np.uint8)
     whole = backend.predict(images)
@@ -76,12 +63,12 @@ def test_graph_outputs_agree_with_each_other_and_take_any_batch_size(model_dir):
     np.testing.assert_allclose(one["mask_probs"][0], whole["mask_probs"][3], atol=1e-5)
 
 
-def test_card_names_the_sources_geometry_and_every_file(model_dir, checkpoints):
-    card = json.loads((model_dir / CARD_FILE).read_text())
+def test_card_names_the_sources_geometry_and_every_file(exported_model, serving_checkpoints):
+    card = json.loads((exported_model / CARD_FILE).read_text())
     assert card["input"] == {**card["input"], "dtype": "uint8", "layout": "NHWC", "size": [48, 36], "crop_size": [112, 84]}
     assert card["tta"] is True and card["opset"] == 18
     for task in TASKS:
-        meta = json.loads((checkpoints[task] / "checkpoint.json").read_text())
+        meta = json.loads((serving_checkpoints[task] / "checkpoint.json").read_text())
         assert card["sources"][task]["weights_sha256"] == meta["weights_sha256"]
         assert card["files"][f"checkpoints/{task}/model.safetensors"] == meta["weights_sha256"]
     assert set(card["packages"]) >= {"torch", "onnx", "onnxruntime", "maskpipe"}
@@ -90,9 +77,9 @@ def test_card_names_the_sources_geometry_and_every_file(model_dir, checkpoints):
 
 
 @pytest.mark.parametrize("damage", ["alter", "remove"])
-def test_a_missing_or_altered_file_is_refused_naming_it(model_dir, tmp_path, damage):
+def test_a_missing_or_altered_file_is_refused_naming_it(exported_model, tmp_path, damage):
     copy = tmp_path / "model"
-    shutil.copytree(model_dir, copy)
+    shutil.copytree(exported_model, copy)
     target = copy / "checkpoints" / "age" / "model.safetensors"
     if damage == "alter":
         data = bytearray(target.read_bytes())
@@ -105,7 +92,7 @@ def test_a_missing_or_altered_file_is_refused_naming_it(model_dir, tmp_path, dam
     assert str(target) in str(caught.value)
 
 
-def test_the_exported_folder_has_the_modes_a_plain_mkdir_and_open_give(checkpoints, tmp_path):
+def test_the_exported_folder_has_the_modes_a_plain_mkdir_and_open_give(serving_checkpoints, tmp_path):
     # Another user (the serving image's uid 1001) reads and hashes every file of the folder.
     import os
     import stat
@@ -113,7 +100,7 @@ def test_the_exported_folder_has_the_modes_a_plain_mkdir_and_open_give(checkpoin
     from maskpipe.export import export_model
 
     private = {}  # checkpoints an older maskpipe wrote: weights 600
-    for task, folder in checkpoints.items():
+    for task, folder in serving_checkpoints.items():
         private[task] = Path(shutil.copytree(folder, tmp_path / "private" / task))
         (private[task] / "model.safetensors").chmod(0o600)
     saved = os.umask(0o022)
@@ -126,10 +113,10 @@ def test_the_exported_folder_has_the_modes_a_plain_mkdir_and_open_give(checkpoin
     assert {name: mode for name, mode in modes.items() if mode != (0o755 if (out / name).is_dir() else 0o644)} == {}
 
 
-def test_checkpoints_of_different_input_sizes_are_refused(checkpoints, tmp_path, capsys):
+def test_checkpoints_of_different_input_sizes_are_refused(serving_checkpoints, tmp_path, capsys):
     other = write_task_checkpoints(tmp_path / "other", ["data.input_size=[32,24]"])
     line = cli_error(
-        capsys, "export", "--mask", str(checkpoints["mask"]), "--gender", str(checkpoints["gender"]),
+        capsys, "export", "--mask", str(serving_checkpoints["mask"]), "--gender", str(serving_checkpoints["gender"]),
         "--age", str(other["age"]), "-o", str(tmp_path / "model"),
     )  # fmt: skip
     assert "same data.crop_size and data.input_size" in line
@@ -137,7 +124,7 @@ def test_checkpoints_of_different_input_sizes_are_refused(checkpoints, tmp_path,
 
 
 def test_an_architecture_the_exporter_cannot_express_says_how_to_go_on_without_export(
-    checkpoints, tmp_path, capsys, monkeypatch
+    serving_checkpoints, tmp_path, capsys, monkeypatch
 ):
     import torch
 
@@ -145,14 +132,14 @@ def test_an_architecture_the_exporter_cannot_express_says_how_to_go_on_without_e
         raise RuntimeError("Unsupported: aten::some_op\nlong exporter trace")
 
     monkeypatch.setattr(torch.onnx, "export", unsupported)
-    line = cli_error(capsys, "export", *_task_flags(checkpoints), "-o", str(tmp_path / "model"))
+    line = cli_error(capsys, "export", *_task_flags(serving_checkpoints), "-o", str(tmp_path / "model"))
     assert "ONNX export of the ensemble (resnet10t) failed (RuntimeError: Unsupported: aten::some_op)" in line
     assert "--no-export" in line and "maskpipe infer --mask" in line
     assert not (tmp_path / "model").exists()
 
 
-def test_onnx_backend_without_an_exported_folder_is_a_clear_error(checkpoints, eval_data, tmp_path, capsys):
-    line = cli_error(capsys, "infer", *_task_flags(checkpoints), "--backend", "onnx", "--data", str(eval_data), "-o", str(tmp_path / "s.csv"))
+def test_onnx_backend_without_an_exported_folder_is_a_clear_error(serving_checkpoints, serving_eval_data, tmp_path, capsys):
+    line = cli_error(capsys, "infer", *_task_flags(serving_checkpoints), "--backend", "onnx", "--data", str(serving_eval_data), "-o", str(tmp_path / "s.csv"))
     assert "maskpipe export" in line
 
 

@@ -22,7 +22,8 @@ from pipeline_cli.local_run import LocalRun, run_local, step_display_names
 from maskpipe.data.synth import generate
 from maskpipe.metrics import classification_metrics
 
-pytestmark = pytest.mark.slow
+# whole pipelines through kfp.local
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 DECLARED_OUTPUTS = {
     "index-data": {"index": "dir", "report": "file", "html_report": "file"},

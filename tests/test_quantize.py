@@ -34,7 +34,8 @@ from maskpipe.quantize import (
 from maskpipe.runtime import open_backend
 from maskpipe.serve_client import ServerProcess, request, serving_python, v1_body
 from cli_helpers import cli_error
-from tiny import one_torch_thread  # noqa: F401  (an autouse fixture)
+
+pytestmark = pytest.mark.one_torch_thread  # tiny models (tests/fixtures/threads.py)
 
 # Photos per half of the calibration sample: the synthetic root's 28 training photos give 14
 # to calibrate and 14 to check.
@@ -50,7 +51,7 @@ AVX2_ONLY_CPU = "Haswell"
 
 
 @pytest.fixture(scope="module")
-def data_root(tmp_path_factory) -> Path:
+def quantize_data(tmp_path_factory) -> Path:
     """28 training photos (4 people) to calibrate with, 42 eval photos (6 people) to infer on."""
     from maskpipe.data.synth import generate
 
@@ -60,25 +61,25 @@ def data_root(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def int8_model(serving_checkpoints, data_root, tmp_path_factory) -> Path:
+def int8_model(serving_checkpoints, quantize_data, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("int8-export") / "model"
     flags = [arg for task in TASKS for arg in (f"--{task}", str(serving_checkpoints[task]))]
     code = main(
-        ["export", *flags, "-o", str(out), "--quantize", "int8", "--calibration", str(data_root),
+        ["export", *flags, "-o", str(out), "--quantize", "int8", "--calibration", str(quantize_data),
          "--calibration-images", str(CALIBRATION_IMAGES)]
     )  # fmt: skip
     assert code == 0
     return out
 
 
-def _infer(tmp_path: Path, name: str, model: Path, data_root: Path, capsys) -> tuple[pd.DataFrame, pd.DataFrame, str]:
+def _infer(tmp_path: Path, name: str, model: Path, quantize_data: Path, capsys) -> tuple[pd.DataFrame, pd.DataFrame, str]:
     out, probs = tmp_path / f"{name}.csv", tmp_path / f"{name}.parquet"
-    code = main(["infer", "--model", str(model), "--data", str(data_root), "-o", str(out), "--probs", str(probs), "--workers", "0"])
+    code = main(["infer", "--model", str(model), "--data", str(quantize_data), "-o", str(out), "--probs", str(probs), "--workers", "0"])
     assert code == 0
     return pd.read_csv(out), pd.read_parquet(probs), capsys.readouterr().out
 
 
-def test_int8_export_keeps_the_fp32_graph_and_the_card_names_the_int8_one(int8_model, data_root):
+def test_int8_export_keeps_the_fp32_graph_and_the_card_names_the_int8_one(int8_model, quantize_data):
     card = json.loads((int8_model / CARD_FILE).read_text())
     assert card["precision"] == "int8" and card["onnx_file"] == INT8_ONNX_FILE
     assert {ONNX_FILE, INT8_ONNX_FILE} <= set(card["files"])
@@ -86,7 +87,7 @@ def test_int8_export_keeps_the_fp32_graph_and_the_card_names_the_int8_one(int8_m
     quantization = card["quantization"]
     assert quantization["reference_file"] == ONNX_FILE
     assert quantization["calibration_images"] == quantization["check_images"] == CALIBRATION_IMAGES
-    assert quantization["calibration_source"] == str(data_root)
+    assert quantization["calibration_source"] == str(quantize_data)
     assert quantization["onnxruntime"] == card["packages"]["onnxruntime"]
     assert "QDQ" in quantization["method"] and quantization["op_types"] == ["Conv", "MatMul", "Gemm"]
     assert "reduce_range" in quantization["method"]
@@ -94,9 +95,9 @@ def test_int8_export_keeps_the_fp32_graph_and_the_card_names_the_int8_one(int8_m
     assert "rough figure" in quantization["note"]  # 14 held-out photos are few, and it says so
 
 
-def test_infer_on_the_int8_folder_runs_int8_and_agrees_with_fp32(int8_model, exported_model, data_root, tmp_path, capsys):
-    fp32_sub, fp32_probs, _ = _infer(tmp_path, "fp32", exported_model, data_root, capsys)
-    int8_sub, int8_probs, summary = _infer(tmp_path, "int8", int8_model, data_root, capsys)
+def test_infer_on_the_int8_folder_runs_int8_and_agrees_with_fp32(int8_model, exported_model, quantize_data, tmp_path, capsys):
+    fp32_sub, fp32_probs, _ = _infer(tmp_path, "fp32", exported_model, quantize_data, capsys)
+    int8_sub, int8_probs, summary = _infer(tmp_path, "int8", int8_model, quantize_data, capsys)
     assert "(onnx int8)" in summary
     assert len(fp32_sub) == 42 and fp32_sub["ans"].nunique() > 1  # varied answers, or agreement means little
     agreement = (fp32_sub["ans"] == int8_sub["ans"]).mean()
@@ -107,9 +108,9 @@ def test_infer_on_the_int8_folder_runs_int8_and_agrees_with_fp32(int8_model, exp
     assert 0 < difference < 0.5
 
 
-def test_card_agreement_is_the_agreement_on_the_held_out_photos(int8_model, exported_model, data_root):
+def test_card_agreement_is_the_agreement_on_the_held_out_photos(int8_model, exported_model, quantize_data):
     card = read_model_dir(int8_model)
-    _, held_out = split_calibration(find_calibration_images(data_root), CALIBRATION_IMAGES)
+    _, held_out = split_calibration(find_calibration_images(quantize_data), CALIBRATION_IMAGES)
     images = np.stack([decode_views(path, [card.view])[0] for path in held_out])
     fp32, int8 = open_backend(exported_model).predict(images), open_backend(int8_model).predict(images)
     recorded = card.data["quantization"]
@@ -121,8 +122,8 @@ def test_card_agreement_is_the_agreement_on_the_held_out_photos(int8_model, expo
         assert recorded["max_abs_prob_difference"][f"{task}_probs"] == pytest.approx(measured, abs=1e-5)
 
 
-def test_calibration_and_check_photos_are_disjoint_and_independent_of_order(data_root):
-    photos = find_calibration_images(data_root)
+def test_calibration_and_check_photos_are_disjoint_and_independent_of_order(quantize_data):
+    photos = find_calibration_images(quantize_data)
     calibrate, check = split_calibration(photos, 10)
     assert (calibrate, check) == split_calibration(list(reversed(photos)), 10)
     assert len(calibrate) == len(check) == 10 and not set(calibrate) & set(check)
@@ -150,8 +151,8 @@ def test_a_card_naming_a_graph_outside_its_file_list_is_refused(exported_model, 
         read_model_dir(copy)
 
 
-def test_quantize_model_dir_writes_an_int8_copy_and_leaves_the_source_fp32(exported_model, data_root, tmp_path):
-    photos = find_calibration_images(data_root)
+def test_quantize_model_dir_writes_an_int8_copy_and_leaves_the_source_fp32(exported_model, quantize_data, tmp_path):
+    photos = find_calibration_images(quantize_data)
     out = quantize_model_dir(exported_model, photos, out_dir=tmp_path / "int8", images=4)
     assert read_model_dir(out).precision == "int8" and read_model_dir(out).data["quantization"]["check_images"] == 4
     source = read_model_dir(exported_model)
@@ -210,8 +211,8 @@ def test_running_an_int8_folder_imports_no_torch(int8_model):
 # the CPU the agreement holds on
 
 
-def _eval_images(data_root: Path, card) -> np.ndarray:
-    photos = sorted((data_root / "eval" / "images").iterdir())
+def _eval_images(quantize_data: Path, card) -> np.ndarray:
+    photos = sorted((quantize_data / "eval" / "images").iterdir())
     return np.stack([decode_views(path, [card.view])[0] for path in photos])
 
 
@@ -229,7 +230,7 @@ def _qemu() -> str:
     pytest.skip(f"{problem}; MASKPIPE_REQUIRE_QEMU=1 makes this a failure")
 
 
-def test_the_card_records_the_cpu_it_was_measured_on_and_keeps_its_held_out_photos(int8_model, data_root):
+def test_the_card_records_the_cpu_it_was_measured_on_and_keeps_its_held_out_photos(int8_model, quantize_data):
     card = read_model_dir(int8_model)  # also re-hashes int8_check.npz against the card
     quantization = card.data["quantization"]
     assert quantization["cpu"] == cpu_features()  # exported in this process, on this CPU
@@ -237,7 +238,7 @@ def test_the_card_records_the_cpu_it_was_measured_on_and_keeps_its_held_out_phot
     assert all(isinstance(quantization["cpu"][k], bool) for k in ("avx2", "avx512", "vnni"))
     sample = quantization["check_sample"]
     assert sample["file"] == INT8_CHECK_FILE and INT8_CHECK_FILE in card.data["files"]
-    _, held_out = split_calibration(find_calibration_images(data_root), CALIBRATION_IMAGES)
+    _, held_out = split_calibration(find_calibration_images(quantize_data), CALIBRATION_IMAGES)
     with np.load(int8_model / INT8_CHECK_FILE) as stored:
         kept = stored["images"]
     assert sample["images"] == len(kept) == CALIBRATION_IMAGES
@@ -246,12 +247,13 @@ def test_the_card_records_the_cpu_it_was_measured_on_and_keeps_its_held_out_phot
     assert sample["agreement"] == quantization["agreement"]["class"]  # all of them kept: the same figure
 
 
-def test_the_int8_folder_agrees_with_fp32_on_an_avx2_only_cpu(int8_model, exported_model, data_root, tmp_path):
+@pytest.mark.integration
+def test_the_int8_folder_agrees_with_fp32_on_an_avx2_only_cpu(int8_model, exported_model, quantize_data, tmp_path):
     # Full-range int8 weights agreed on 88% of these photos there (and 98% here); 7-bit ones
     # keep the integer sums inside the 16 bits those kernels saturate at.
     qemu = _qemu()
     card = read_model_dir(int8_model)
-    np.save(tmp_path / "images.npy", _eval_images(data_root, card))
+    np.save(tmp_path / "images.npy", _eval_images(quantize_data, card))
     code = (
         "import json, sys; import numpy as np; from maskpipe.cpu import cpu_features; "
         "from maskpipe.runtime import open_backend; b = open_backend(sys.argv[1]); "
@@ -291,7 +293,7 @@ def test_the_serve_check_keeps_int8_where_it_holds_with_one_log_line(int8_model,
 
 
 def test_the_serve_check_below_its_threshold_serves_fp32_with_one_log_line(
-    int8_model, exported_model, data_root, monkeypatch, caplog
+    int8_model, exported_model, quantize_data, monkeypatch, caplog
 ):
     monkeypatch.setenv("MASKPIPE_INT8_MIN_AGREEMENT", "1.01")  # above any agreement: the check fails
     caplog.set_level(logging.INFO, logger="maskpipe.quantize")
@@ -300,7 +302,7 @@ def test_the_serve_check_below_its_threshold_serves_fp32_with_one_log_line(
     [line] = _quantize_log(caplog)
     assert line.levelno == logging.WARNING
     assert "threshold 101.0%" in line.getMessage() and "serving the fp32 graph model.onnx" in line.getMessage()
-    images = _eval_images(data_root, served.card)
+    images = _eval_images(quantize_data, served.card)
     reference = open_backend(exported_model).predict(images)
     answered = served.predict(images)
     for name, value in reference.items():
@@ -334,12 +336,13 @@ def test_an_int8_folder_without_held_out_photos_is_served_fp32(int8_model, tmp_p
     assert f"keeps no held-out photos ({INT8_CHECK_FILE})" in line.getMessage()
 
 
-def test_maskpipe_serve_below_the_threshold_answers_with_the_fp32_graph(int8_model, exported_model, data_root, tmp_path, monkeypatch):
+@pytest.mark.integration
+def test_maskpipe_serve_below_the_threshold_answers_with_the_fp32_graph(int8_model, exported_model, quantize_data, tmp_path, monkeypatch):
     python = serving_python(REPO)
     if not python.exists():
         pytest.fail(f"no serving environment at {python}: run `make venv-serve` (or set MASKPIPE_SERVE_PYTHON)")
     monkeypatch.setenv("MASKPIPE_INT8_MIN_AGREEMENT", "1.01")  # the server inherits it
-    photos = sorted((data_root / "eval" / "images").iterdir())[:8]
+    photos = sorted((quantize_data / "eval" / "images").iterdir())[:8]
     fp32 = open_backend(exported_model).predict(np.stack([decode_views(p, [read_model_dir(exported_model).view])[0] for p in photos]))
     with ServerProcess(int8_model, python=str(python), log_path=tmp_path / "serve.log") as server:
         reply = request(f"{server.url}/v1/models/maskpipe:predict", v1_body([p.read_bytes() for p in photos]))

@@ -1,14 +1,13 @@
 """`maskpipe serve` over real HTTP on 127.0.0.1: both protocols, every bad input, concurrency.
 
-The server runs in the serving environment (``.venv-serve``, ``make venv-serve``: kserve needs
-pandas<3, which the training environment does not have), started as a user starts it, on the
-model the export tests build; answers are checked against `maskpipe infer` on the same photos.
+The server (the ``server`` fixture, tests/fixtures/serving.py) runs in the serving environment,
+started as a user starts it, on the model the export tests build; answers are checked against
+`maskpipe infer` on the same photos.
 """
 
 from __future__ import annotations
 
 import base64
-import io
 import json
 import shutil
 import subprocess
@@ -16,50 +15,14 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
-from PIL import Image
 
-from maskpipe.cli import main
-from maskpipe.serve_client import ServerProcess, drive, free_port, request, serving_python, v1_body, v2_body
+from fixtures.serving import MAX_BATCH, jpeg, serve_python
+from maskpipe.serve_client import drive, free_port, request, v1_body, v2_body
 
-REPO = Path(__file__).resolve().parents[1]
-MAX_BATCH = 8
 MAX_BODY_MB = 20
-
-
-def serve_python() -> str:
-    """The serving environment's interpreter: $MASKPIPE_SERVE_PYTHON or .venv-serve."""
-    python = serving_python(REPO)
-    if not python.exists():
-        pytest.fail(f"no serving environment at {python}: run `make venv-serve` (or set MASKPIPE_SERVE_PYTHON)")
-    return str(python)
-
-
-@pytest.fixture(scope="module")
-def server(exported_model, tmp_path_factory):
-    log = tmp_path_factory.mktemp("serve-log") / "serve.log"
-    extra = ["--max-batch", str(MAX_BATCH), "--max-body-mb", str(MAX_BODY_MB)]
-    with ServerProcess(exported_model, python=serve_python(), log_path=log, extra_args=extra) as process:
-        yield process
-
-
-@pytest.fixture(scope="module")
-def photos(serving_eval_data) -> dict[str, bytes]:
-    info = pd.read_csv(serving_eval_data / "eval" / "info.csv")
-    return {image_id: (serving_eval_data / "eval" / "images" / image_id).read_bytes() for image_id in info["ImageID"]}
-
-
-@pytest.fixture(scope="module")
-def expected(serving_checkpoints, serving_eval_data, tmp_path_factory) -> pd.DataFrame:
-    """`maskpipe infer --tta` on the torch checkpoints: ImageID, ans and the probabilities."""
-    out = tmp_path_factory.mktemp("infer")
-    flags = [arg for task in ("mask", "gender", "age") for arg in (f"--{task}", str(serving_checkpoints[task]))]
-    assert main(["infer", *flags, "--tta", "--data", str(serving_eval_data), "-o", str(out / "s.csv"), "--probs", str(out / "p.parquet")]) == 0
-    submission = pd.read_csv(out / "s.csv")
-    probs = pd.read_parquet(out / "p.parquet")
-    assert submission["ans"].nunique() > 1  # varied answers, or agreement would mean little
-    return submission.merge(probs, left_on="ImageID", right_on="image_id")
+# every test starts maskpipe serve in the serving environment
+pytestmark = [pytest.mark.integration, pytest.mark.serve_args("--max-body-mb", str(MAX_BODY_MB))]
 
 
 def _v1(server, photos: list[bytes]):
@@ -110,13 +73,6 @@ def test_health_readiness_and_metadata_endpoints(server):
     assert {o["name"] for o in metadata["outputs"]} >= {"class", "labels", "probabilities", "class_probs"}
 
 
-def _jpeg(width: int = 96, height: int = 128) -> bytes:
-    buffer = io.BytesIO()
-    pixels = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
-    Image.fromarray(pixels).save(buffer, format="JPEG")
-    return buffer.getvalue()
-
-
 def _png_header(width: int, height: int) -> bytes:
     """A PNG that claims ``width`` x ``height`` pixels (no pixel data worth the name)."""
     from datafactory import write_huge_png_header
@@ -139,13 +95,13 @@ def _b64(data: bytes) -> str:
 
 BAD_REQUESTS = {
     "not an image": ("/v1/models/maskpipe:predict", lambda: v1_body([b"<html>403 Forbidden</html>"]), 400, "not an image"),
-    "truncated JPEG": ("/v1/models/maskpipe:predict", lambda: v1_body([_jpeg()[:1500]]), 400, "truncated"),
+    "truncated JPEG": ("/v1/models/maskpipe:predict", lambda: v1_body([jpeg()[:1500]]), 400, "truncated"),
     "0x0 image": ("/v1/models/maskpipe:predict", lambda: v1_body([_png_header(0, 0)]), 400, "image 0:"),
     "20000x20000 image": ("/v1/models/maskpipe:predict", lambda: v1_body([_png_header(20_000, 20_000)]), 400, "too large"),
     "50 MB body": ("/v1/models/maskpipe:predict", lambda: v1_body([b"\xff" * (50 * 1024 * 1024 // 4 * 3)]), 413, "over this server's limit"),
     "empty batch": ("/v1/models/maskpipe:predict", lambda: v1_body([]), 400, "no images"),
-    "batch above the maximum": ("/v1/models/maskpipe:predict", lambda: v1_body([_jpeg()] * (MAX_BATCH + 1)), 400, f"maximum of {MAX_BATCH}"),
-    "wrong JSON shape (v1)": ("/v1/models/maskpipe:predict", lambda: json.dumps({"instances": [_b64(_jpeg())]}).encode(), 400, "must be an object"),
+    "batch above the maximum": ("/v1/models/maskpipe:predict", lambda: v1_body([jpeg()] * (MAX_BATCH + 1)), 400, f"maximum of {MAX_BATCH}"),
+    "wrong JSON shape (v1)": ("/v1/models/maskpipe:predict", lambda: json.dumps({"instances": [_b64(jpeg())]}).encode(), 400, "must be an object"),
     "no instances key (v1)": ("/v1/models/maskpipe:predict", lambda: json.dumps({"images": []}).encode(), 400, "instances"),
     "not base64": ("/v1/models/maskpipe:predict", lambda: json.dumps({"instances": [{"b64": "%%%"}]}).encode(), 400, "not valid base64"),
     "not JSON": ("/v1/models/maskpipe:predict", lambda: b"{instances", 400, "not valid JSON"),
@@ -157,11 +113,11 @@ BAD_REQUESTS = {
     ),
     "shape that disagrees with the data (v2)": (
         "/v2/models/maskpipe/infer",
-        lambda: json.dumps({"inputs": [{"name": "images", "datatype": "BYTES", "shape": [2], "data": [_b64(_jpeg())]}]}).encode(),
+        lambda: json.dumps({"inputs": [{"name": "images", "datatype": "BYTES", "shape": [2], "data": [_b64(jpeg())]}]}).encode(),
         400, "shape",
     ),
-    "unknown model name (v1)": ("/v1/models/other:predict", lambda: v1_body([_jpeg()]), 404, "other"),
-    "unknown model name (v2)": ("/v2/models/other/infer", lambda: v2_body([_jpeg()]), 404, "other"),
+    "unknown model name (v1)": ("/v1/models/other:predict", lambda: v1_body([jpeg()]), 404, "other"),
+    "unknown model name (v2)": ("/v2/models/other/infer", lambda: v2_body([jpeg()]), 404, "other"),
 }
 
 
@@ -173,7 +129,7 @@ def test_bad_input_gets_a_4xx_with_a_message_and_the_server_keeps_serving(server
     reply = request(f"{server.url}{path}", body, headers=headers)
     assert reply.status == status, reply.body
     assert message in json.dumps(reply.body), reply.body
-    good = _v1(server, [_jpeg()])
+    good = _v1(server, [jpeg()])
     assert good.status == 200 and len(good.body["predictions"]) == 1
 
 

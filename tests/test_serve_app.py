@@ -9,8 +9,11 @@ import subprocess
 
 import pytest
 
-from maskpipe.serve_client import ServerProcess, free_port, request, v1_body, v2_body
-from test_serve import _jpeg, serve_python
+from maskpipe.serve_client import free_port, request, v1_body, v2_body
+from fixtures.serving import jpeg, serve_python
+
+# every test runs the serving environment, most start maskpipe serve
+pytestmark = pytest.mark.integration
 
 
 def _serve_env_json(code: str) -> object:
@@ -35,7 +38,7 @@ def test_the_installed_kserve_is_the_release_the_private_reach_was_checked_again
     assert found[2] and found[3]
 
 
-def test_every_route_kserve_registers_is_on_the_predictor_list_or_unreachable(exported_model, tmp_path):
+def test_every_route_kserve_registers_is_on_the_predictor_list_or_unreachable(start_server):
     # KServe's own route table (0.21: v1, v2 and the model repository extension).
     survey = _serve_env_json(
         "import sys, json; sys.argv = sys.argv[:1]\n"
@@ -54,7 +57,7 @@ def test_every_route_kserve_registers_is_on_the_predictor_list_or_unreachable(ex
     routes, predictor_endpoints = survey
     assert ["POST", "/v2/repository/models/{model_name}/unload"] in routes
     allowed = {(m, p.replace("{name}", "{model_name}").replace("{version}", "{model_version}")) for m, p in predictor_endpoints}
-    with ServerProcess(exported_model, python=serve_python(), log_path=tmp_path / "serve.log") as server:
+    with start_server() as server:
         for method, path in routes:
             url = server.url + path.replace("{model_name}", "maskpipe").replace("{model_version}", "1")
             reply = request(url, b"{}" if method == "POST" else None)
@@ -63,31 +66,30 @@ def test_every_route_kserve_registers_is_on_the_predictor_list_or_unreachable(ex
             else:
                 assert reply.status == 404 and "no endpoint" in reply.body["error"], (method, path, reply.body)
         assert request(f"{server.url}/v2/health/ready").body == {"ready": True}
-        assert request(f"{server.url}/v2/models/maskpipe/infer", v2_body([_jpeg()])).status == 200
+        assert request(f"{server.url}/v2/models/maskpipe/infer", v2_body([jpeg()])).status == 200
 
 
-def test_with_the_repository_flag_an_unloaded_model_makes_readiness_false(exported_model, tmp_path):
-    with ServerProcess(exported_model, python=serve_python(), log_path=tmp_path / "serve.log", extra_args=["--enable-model-repository"]) as server:
+def test_with_the_repository_flag_an_unloaded_model_makes_readiness_false(start_server):
+    with start_server("--enable-model-repository") as server:
         assert "model_repository" in request(f"{server.url}/v2").body["extensions"]
         assert request(f"{server.url}/v2/repository/models/maskpipe/unload", b"").status == 200
         ready = request(f"{server.url}/v2/health/ready")
         assert ready.status == 503 and ready.body == {"ready": False}
         assert request(f"{server.url}/v2/models/maskpipe/ready").status == 404
         assert request(f"{server.url}/v1/models/maskpipe").status == 404
-        assert request(f"{server.url}/v1/models/maskpipe:predict", v1_body([_jpeg()])).status == 404
+        assert request(f"{server.url}/v1/models/maskpipe:predict", v1_body([jpeg()])).status == 404
         assert request(f"{server.url}/v2/health/live").status == 200  # alive: the pod is not restarted for it
 
 
-def test_a_bearer_token_guards_everything_but_the_probes(exported_model, tmp_path):
+def test_a_bearer_token_guards_everything_but_the_probes(start_server, tmp_path):
     token_file = tmp_path / "token"
     token_file.write_text("s3cret-token\n")
-    extra = ["--auth-token-file", str(token_file)]
-    with ServerProcess(exported_model, python=serve_python(), log_path=tmp_path / "serve.log", extra_args=extra) as server:
+    with start_server("--auth-token-file", str(token_file)) as server:
         predict = f"{server.url}/v1/models/maskpipe:predict"
-        missing = request(predict, v1_body([_jpeg()]))
+        missing = request(predict, v1_body([jpeg()]))
         assert missing.status == 401 and missing.headers["www-authenticate"] == "Bearer"
-        assert request(predict, v1_body([_jpeg()]), headers={"Authorization": "Bearer wrong"}).status == 401
-        assert request(predict, v1_body([_jpeg()]), headers={"Authorization": "Bearer s3cret-token"}).status == 200
+        assert request(predict, v1_body([jpeg()]), headers={"Authorization": "Bearer wrong"}).status == 401
+        assert request(predict, v1_body([jpeg()]), headers={"Authorization": "Bearer s3cret-token"}).status == 200
         assert request(f"{server.url}/v2/models/maskpipe").status == 401
         document = request(f"{server.url}/openapi.json", headers={"Authorization": "Bearer s3cret-token"}).body
         assert "401" in document["paths"]["/v2/models/{model_name}/infer"]["post"]["responses"]

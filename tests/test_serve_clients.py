@@ -14,17 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from maskpipe.serve_client import ServerProcess
-from test_serve import MAX_BATCH, expected, photos, serve_python  # noqa: F401 - fixtures shared with test_serve
+from fixtures.serving import MAX_BATCH, serve_python
+
+# maskpipe serve driven by clients in the serving environment
+pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def server(exported_model, tmp_path_factory):
-    log = tmp_path_factory.mktemp("serve-clients-log") / "serve.log"
-    with ServerProcess(exported_model, python=serve_python(), log_path=log, extra_args=["--max-batch", str(MAX_BATCH)]) as process:
-        yield process
 
 
 def _needs(module: str) -> None:
@@ -34,7 +29,7 @@ def _needs(module: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def client_answers(server, serving_eval_data, expected) -> dict:  # noqa: F811 - the imported fixture
+def client_answers(server, serving_eval_data, expected) -> dict:
     _needs("tritonclient.http")
     ids = expected["ImageID"].tolist()[:MAX_BATCH]
     paths = [str(serving_eval_data / "eval" / "images" / i) for i in ids]
@@ -50,7 +45,7 @@ TRITON_CALLS = ["json", "binary raw photos", "binary raw photos, gzip", "json, d
 
 
 @pytest.mark.parametrize("call", TRITON_CALLS)
-def test_tritonclient_gets_the_classes_maskpipe_infer_gives(client_answers, expected, call):  # noqa: F811
+def test_tritonclient_gets_the_classes_maskpipe_infer_gives(client_answers, expected, call):
     answer = client_answers["tritonclient"][call]
     assert answer["class"] == expected["ans"].tolist()[:MAX_BATCH]
     assert [row[0] for row in answer["mask_probs"]] == pytest.approx(expected["mask_p0"].tolist()[:MAX_BATCH], abs=1e-4)
@@ -70,7 +65,7 @@ def test_tritonclient_health_and_metadata_calls_answer(client_answers):
 
 
 @pytest.mark.parametrize("call", ["json", "binary raw photos", "v1"])
-def test_kserve_inference_rest_client_gets_the_classes_maskpipe_infer_gives(client_answers, expected, call):  # noqa: F811
+def test_kserve_inference_rest_client_gets_the_classes_maskpipe_infer_gives(client_answers, expected, call):
     answer = client_answers["kserve"][call]
     assert answer["class"] == expected["ans"].tolist()[:MAX_BATCH]
     if "mask_probs" in answer:

@@ -16,18 +16,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from maskpipe.serve_client import Reply, ServerProcess, drive, v1_body, v2_body
-from test_serve import MAX_BATCH, expected, photos, serve_python  # noqa: F401 - fixtures shared with test_serve
+from fixtures.serving import MAX_BATCH
+from maskpipe.serve_client import Reply, drive, v1_body, v2_body
 
 MAX_BODY_MB = 2
-
-
-@pytest.fixture(scope="module")
-def server(exported_model, tmp_path_factory):
-    log = tmp_path_factory.mktemp("serve-hostile-log") / "serve.log"
-    extra = ["--max-batch", str(MAX_BATCH), "--max-body-mb", str(MAX_BODY_MB)]
-    with ServerProcess(exported_model, python=serve_python(), log_path=log, extra_args=extra) as process:
-        yield process
+# maskpipe serve under hostile requests
+pytestmark = [pytest.mark.integration, pytest.mark.serve_args("--max-body-mb", str(MAX_BODY_MB))]
 
 
 def post(server, method: str, path: str, body: bytes | None, headers: dict) -> Reply:
@@ -126,7 +120,7 @@ def test_the_model_answers_and_is_ready_after_every_repository_call(server):
     assert post(server, "POST", V2, v2_body([_jpeg()]), {}).status == 200
 
 
-def test_good_requests_mixed_with_bad_ones_concurrently_are_all_answered_right(server, photos, expected):  # noqa: F811
+def test_good_requests_mixed_with_bad_ones_concurrently_are_all_answered_right(server, photos, expected):
     ids = expected["ImageID"].tolist()
     good = [v1_body([photos[i]]) for i in ids]
     bad = [

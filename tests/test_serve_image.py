@@ -14,42 +14,26 @@ of a skip with ``MASKPIPE_REQUIRE_CONTAINERS=1``).
 
 from __future__ import annotations
 
-import os
 import shutil
 import time
 from pathlib import Path
 
 import pytest
-from test_containers import _build, _clean_tree, _expected_revision, engine, run_in_image  # noqa: F401
-from test_serve import expected, photos  # noqa: F401  (fixtures: maskpipe infer's answers, the photos)
+from fixtures.images import run_in_image
 
 from maskpipe.serve_client import free_port, request, v1_body
-from pipeline_cli import containers
 
 pytestmark = [pytest.mark.container, pytest.mark.timeout(2400)]
 
-SERVE_IMAGE = os.environ.get("MASKPIPE_TEST_SERVE_IMAGE", "maskpipe:test-serve")
 
-
-@pytest.fixture(scope="session")
-def serve_image(engine, tmp_path_factory) -> str:  # noqa: F811
-    if os.environ.get("MASKPIPE_TEST_SERVE_IMAGE"):
-        containers.check_image(engine.client, SERVE_IMAGE, engine.docker_host)
-        return SERVE_IMAGE
-    tree = _clean_tree(tmp_path_factory.mktemp("clean-tree-serve"))
-    result = _build(tree, SERVE_IMAGE, engine, _expected_revision(), dockerfile="docker/Dockerfile.serve")
-    assert result.returncode == 0, f"the serving image build failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
-    return SERVE_IMAGE
-
-
-def _start(engine, image: str, model: Path, port: int):  # noqa: F811
+def _start(engine, image: str, model: Path, port: int):
     return engine.client.containers.run(
         image, ["/mnt/models", "--host", "127.0.0.1", "--port", str(port), "--max-batch", "8"],
         volumes={str(model): {"bind": "/mnt/models", "mode": "ro"}}, network_mode="host", detach=True,
     )  # fmt: skip
 
 
-def test_the_served_image_answers_as_maskpipe_infer_does(engine, serve_image, exported_model, photos, expected, tmp_path):  # noqa: F811
+def test_the_served_image_answers_as_maskpipe_infer_does(engine, serve_image, exported_model, photos, expected, tmp_path):
     # Mounted as `maskpipe export` wrote it: the image's user (uid 1001) must be able to read
     # a folder the host's user exported (it once could not: a 700 folder, 600 weights).
     model = exported_model
@@ -76,7 +60,7 @@ def test_the_served_image_answers_as_maskpipe_infer_does(engine, serve_image, ex
         container.remove(force=True)
 
 
-def test_the_serving_container_refuses_an_altered_model_naming_the_file(engine, serve_image, exported_model, tmp_path):  # noqa: F811
+def test_the_serving_container_refuses_an_altered_model_naming_the_file(engine, serve_image, exported_model, tmp_path):
     model = Path(shutil.copytree(exported_model, tmp_path / "model"))  # modes kept
     (model / "checkpoints" / "mask" / "config.yaml").write_text("altered: true\n")
     container = _start(engine, serve_image, model, free_port())
@@ -89,7 +73,7 @@ def test_the_serving_container_refuses_an_altered_model_naming_the_file(engine, 
     assert "/mnt/models/checkpoints/mask/config.yaml was altered" in logs
 
 
-def test_the_serving_image_has_no_torch_and_runs_as_uid_1001(engine, serve_image):  # noqa: F811
+def test_the_serving_image_has_no_torch_and_runs_as_uid_1001(engine, serve_image):
     output = run_in_image(
         engine, serve_image, ["-c", "import importlib.util as u, os; print(u.find_spec('torch'), os.getuid(), os.getgid())"],
         entrypoint=["python"],

@@ -19,7 +19,7 @@ from PIL import Image
 
 from maskpipe.data.images import load_rgb
 from maskpipe.data.resize import crop_resize, decode_views, plan_decode
-from maskpipe.serve_client import ServerProcess, drive, free_port, request, v1_body
+from maskpipe.serve_client import drive, free_port, request, v1_body
 from maskpipe.serve_limits import MIB, LimitsError, ServeLimits
 
 VIEW = ((112, 84), (48, 36))  # the exported test model's crop and input size (conftest)
@@ -99,8 +99,9 @@ def test_limits_that_cannot_hold_under_the_memory_limit_are_refused_naming_the_f
     assert budgets.worst_case_bytes <= 0.9 * budgets.memory_limit_bytes == 0.9 * ServeLimits().pod_memory_bytes()
 
 
+@pytest.mark.integration
 def test_the_deploy_step_gives_the_predictor_the_memory_the_limits_need():
-    from test_serve import serve_python
+    from fixtures.serving import serve_python
 
     code = (
         "from maskpipe.deploy import build_inference_service as b; "
@@ -118,9 +119,8 @@ def _peak_rss_bytes(pid: int) -> int:
     raise AssertionError("no VmHWM in /proc/PID/status")
 
 
-def test_a_hostile_mix_leaves_the_server_below_its_memory_limit_and_loses_no_good_request(exported_model, tmp_path):
-    from test_serve import serve_python
-
+@pytest.mark.integration
+def test_a_hostile_mix_leaves_the_server_below_its_memory_limit_and_loses_no_good_request(start_server):
     limit_mb = ServeLimits().pod_memory_bytes() // MIB  # what the deploy step gives the predictor
     good = [small_photo("RGB", "JPEG", (96, 128)), small_photo("RGB", "PNG", (96, 128))]
     rgb40, grey40 = hostile_png(6300, 6300), hostile_png(6300, 6300, sixteen_bit=True, colour=False)
@@ -128,8 +128,7 @@ def test_a_hostile_mix_leaves_the_server_below_its_memory_limit_and_loses_no_goo
         v1_body([rgb40]), v1_body([grey40]), v1_body([grey40] * 4), v1_body([rgb40, grey40]),
         v1_body([big_jpeg()]), v1_body([big_jpeg(progressive=True)]),
     ]  # fmt: skip
-    with ServerProcess(exported_model, python=serve_python(), log_path=tmp_path / "serve.log",
-                       extra_args=["--memory-limit-mb", str(limit_mb), "--max-batch", "8"]) as server:  # fmt: skip
+    with start_server("--memory-limit-mb", str(limit_mb), "--max-batch", "8") as server:
         expected = [request(f"{server.url}/v1/models/maskpipe:predict", v1_body([p])).body["predictions"][0]["class"] for p in good]
         before = _peak_rss_bytes(server.process.pid)
         import threading
@@ -153,8 +152,9 @@ def test_a_hostile_mix_leaves_the_server_below_its_memory_limit_and_loses_no_goo
     assert peak < limit_mb * MIB, f"peak RSS {peak / MIB:.0f} MiB (at start {before / MIB:.0f} MiB) >= {limit_mb} MiB\n{log}"
 
 
+@pytest.mark.integration
 def test_serve_with_a_memory_limit_too_small_for_its_limits_exits_2_with_one_line(exported_model):
-    from test_serve import serve_python
+    from fixtures.serving import serve_python
 
     result = subprocess.run(
         [serve_python(), "-m", "maskpipe", "serve", str(exported_model), "--port", str(free_port()), "--memory-limit-mb", "900"],

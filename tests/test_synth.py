@@ -158,3 +158,13 @@ def test_all_three_tasks_are_learnable_from_small_images(tmp_path):
         accuracy = ((features[~train] @ weights).argmax(1) == y[~train]).mean()
         majority = np.bincount(y[~train]).max() / (~train).sum()
         assert accuracy > majority + margin, (task, accuracy, majority)
+
+
+def test_cli_size_is_height_by_width_as_image_size_is(tmp_path):
+    from maskpipe.cli import main
+
+    assert main(["synth", str(tmp_path / "cli"), "--people", "2", "--eval-people", "1", "--seed", "3", "--size", "40x32"]) == 0
+    generate(tmp_path / "api", people=2, eval_people=1, seed=3, size=(32, 40))  # (width, height)
+    assert _digest(tmp_path / "cli") == _digest(tmp_path / "api")
+    photo = next((tmp_path / "cli" / "train" / "images").rglob("*.jpg"))
+    assert Image.open(photo).size == (32, 40)  # PIL: (width, height)

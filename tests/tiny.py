@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 
 TINY_OVERRIDES = [
     "data.crop_size=null",
@@ -62,19 +61,3 @@ def write_task_checkpoints(
         save_checkpoint(Path(folder) / task, model, task=task, config=config, epoch=0, metrics={})
         out[task] = Path(folder) / task
     return out
-
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Import this fixture into a test module to run its tiny models on one torch thread.
-
-    On a busy 2-core CI machine, intra-op threads of tiny models mostly wait on each other.
-    The thread count is restored afterwards for the other test modules.
-    """
-    import torch
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)

@@ -9,7 +9,6 @@ either a uint8 HxWx3 tensor (normalised later, batched, on the training device) 
 
 from __future__ import annotations
 
-import os
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -17,6 +16,7 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from maskpipe.data.images import default_workers
 from maskpipe.labels import age_label, check_task
 
 # Index column holding each task's official label.
@@ -88,14 +88,7 @@ def default_num_workers(requested: int | None = None) -> int:
     """``requested`` if given, else one fewer than the CPUs this process may use (max 8)."""
     if requested is not None:
         return requested
-    return max(0, min(8, available_cpus() - 1))
-
-
-def available_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+    return max(0, min(8, default_workers() - 1))
 
 
 def _seed_worker(worker_id: int) -> None:

@@ -22,31 +22,15 @@ from maskpipe.checkpoint import (
     save_state,
     sha256_file,
 )
-from maskpipe.checkpoint import save_checkpoint
 from maskpipe.cli import main
-from maskpipe.config import load_config
 from maskpipe.errors import CheckpointError
 from maskpipe.models import create_model
 
 
-@pytest.fixture(scope="module")
-def good_checkpoints(tmp_path_factory) -> dict[str, Path]:
-    folder = tmp_path_factory.mktemp("good")
-    config = load_config("smoke", ["data.input_size=[32,24]"])
-    out = {}
-    for task, classes in (("mask", 3), ("gender", 2), ("age", 3)):
-        save_checkpoint(
-            folder / task, create_model("resnet10t", classes), task=task, config=config,
-            epoch=1, metrics={},
-        )  # fmt: skip
-        out[task] = folder / task
-    return out
-
-
 @pytest.fixture
-def mask_checkpoint(good_checkpoints, tmp_path) -> Path:
+def mask_checkpoint(checkpoints, tmp_path) -> Path:
     """A private copy of a valid mask checkpoint, free to damage."""
-    return Path(shutil.copytree(good_checkpoints["mask"], tmp_path / "mask"))
+    return Path(shutil.copytree(checkpoints["mask"], tmp_path / "mask"))
 
 
 def _edit_meta(folder: Path, **changes) -> None:
@@ -82,22 +66,22 @@ class _Payload:
 # wrong task
 
 
-def test_wrong_task_fails_through_the_cli_with_exit_code_2(good_checkpoints, tmp_path, capsys):
+def test_wrong_task_fails_through_the_cli_with_exit_code_2(checkpoints, tmp_path, capsys):
     code = main(
-        ["infer", "--mask", str(good_checkpoints["mask"]), "--gender", str(good_checkpoints["gender"]),
-         "--age", str(good_checkpoints["mask"]), "--data", str(tmp_path / "no-data"),
+        ["infer", "--mask", str(checkpoints["mask"]), "--gender", str(checkpoints["gender"]),
+         "--age", str(checkpoints["mask"]), "--data", str(tmp_path / "no-data"),
          "-o", str(tmp_path / "submission.csv")]
     )  # fmt: skip
     err = capsys.readouterr().err
     assert code == 2
     assert "trained for task 'mask', not 'age'" in err and "--age DIR" in err
-    assert str(good_checkpoints["mask"]) in err
+    assert str(checkpoints["mask"]) in err
     assert not (tmp_path / "submission.csv").exists()
 
 
-def test_wrong_task_is_rejected_by_load_checkpoint(good_checkpoints):
+def test_wrong_task_is_rejected_by_load_checkpoint(checkpoints):
     with pytest.raises(CheckpointError, match="trained for task 'gender', not 'mask'"):
-        load_checkpoint(good_checkpoints["gender"], expected_task="mask")
+        load_checkpoint(checkpoints["gender"], expected_task="mask")
 
 
 # ---------------------------------------------------------------------------------------------

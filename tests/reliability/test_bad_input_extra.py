@@ -16,10 +16,8 @@ import pytest
 from cli_helpers import cli_error
 from datafactory import make_dataset, write_huge_png_header
 
-from maskpipe.checkpoint import META_FILE, WEIGHTS_FILE, save_checkpoint, save_state
-from maskpipe.config import load_config
+from maskpipe.checkpoint import META_FILE, WEIGHTS_FILE, save_state
 from maskpipe.data.index import build_index
-from maskpipe.models import create_model
 
 ACCESS = "FAKEACCESS-extra-test-31d0"
 SECRET = "fakeSecret-extra-test-77c4"
@@ -103,15 +101,6 @@ def test_malformed_endpoint_is_named_not_a_library_value_error(monkeypatch, tmp_
 
 
 # ---------------------------------------------------------------------------- maskpipe infer
-
-
-@pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory) -> dict[str, Path]:
-    folder = tmp_path_factory.mktemp("ckpt")
-    config = load_config("smoke", ["data.input_size=[32,24]", "data.crop_size=null"])
-    for task, classes in (("mask", 3), ("gender", 2), ("age", 3)):
-        save_checkpoint(folder / task, create_model("resnet10t", classes), task=task, config=config, epoch=1, metrics={})
-    return {task: folder / task for task in ("mask", "gender", "age")}
 
 
 @pytest.fixture

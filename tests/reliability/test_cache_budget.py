@@ -136,16 +136,17 @@ _FILL_UNDER_A_SIZE_LIMIT = textwrap.dedent(
 
 
 @pytest.fixture
-def photos(tmp_path) -> list[Path]:
+def jpeg_files(tmp_path) -> list[Path]:
+    """The 14 JPEGs of two people in the competition layout, sorted."""
     data = make_dataset(tmp_path / "data", ["000001_female_Asian_45", "000002_male_Asian_20"], eval_images=0)
     return sorted(data.images_dir.rglob("*.jpg"))
 
 
-def test_a_write_the_os_refuses_falls_back_to_disk_and_leaves_no_partial_file(photos, tmp_path):
+def test_a_write_the_os_refuses_falls_back_to_disk_and_leaves_no_partial_file(jpeg_files, tmp_path):
     cache_dir = tmp_path / "cache"
     cache_dir.mkdir()
     result = subprocess.run(
-        [sys.executable, "-c", _FILL_UNDER_A_SIZE_LIMIT, json.dumps([str(p) for p in photos]), str(cache_dir)],
+        [sys.executable, "-c", _FILL_UNDER_A_SIZE_LIMIT, json.dumps([str(p) for p in jpeg_files]), str(cache_dir)],
         cwd=REPO, capture_output=True, text=True, timeout=120,
         env={**os.environ, "PYTHONPATH": str(REPO), "MASKPIPE_PROGRESS": "0"},
     )  # fmt: skip
@@ -155,7 +156,7 @@ def test_a_write_the_os_refuses_falls_back_to_disk_and_leaves_no_partial_file(ph
     assert "WARNING maskpipe.data.cache: image cache in" in result.stderr
     assert "File too large" in result.stderr and "reading images from disk instead" in result.stderr
     assert "Traceback" not in result.stderr
-    expected = crop_resize(load_rgb(photos[1]), None, [32, 24])
+    expected = crop_resize(load_rgb(jpeg_files[1]), None, [32, 24])
     assert bytes.fromhex(pixels) == expected.tobytes()
     assert not list(cache_dir.iterdir())  # no temp file, no data file, no metadata
 
@@ -163,60 +164,60 @@ def test_a_write_the_os_refuses_falls_back_to_disk_and_leaves_no_partial_file(ph
 # ---------------------------------------------------------------------------- half-written cache
 
 
-def _filled(photos: list[Path], cache_dir: Path) -> CachedImages:
-    images = decoded_images(photos, None, [32, 24], budget_gb=1, cache_dir=cache_dir)
+def _filled(jpeg_files: list[Path], cache_dir: Path) -> CachedImages:
+    images = decoded_images(jpeg_files, None, [32, 24], budget_gb=1, cache_dir=cache_dir)
     assert isinstance(images, CachedImages)
     cache_mod.clear_open_caches()  # as a new process would see the folder
     return images
 
 
-def _assert_pixels(images, photos: list[Path]) -> None:
-    for i, path in enumerate(photos):
+def _assert_pixels(images, jpeg_files: list[Path]) -> None:
+    for i, path in enumerate(jpeg_files):
         assert np.array_equal(images[i], crop_resize(load_rgb(path), None, [32, 24])), path
 
 
-def test_truncated_cache_file_is_rebuilt_not_read(photos, tmp_path):
-    first = _filled(photos, tmp_path / "cache")
+def test_truncated_cache_file_is_rebuilt_not_read(jpeg_files, tmp_path):
+    first = _filled(jpeg_files, tmp_path / "cache")
     with open(first.data_path, "r+b") as handle:
         handle.truncate(first.nbytes // 3)  # what a killed writer or a full disk leaves
-    again = decoded_images(photos, None, [32, 24], budget_gb=1, cache_dir=tmp_path / "cache")
+    again = decoded_images(jpeg_files, None, [32, 24], budget_gb=1, cache_dir=tmp_path / "cache")
     assert isinstance(again, CachedImages) and again.data_path.stat().st_size == first.nbytes
-    _assert_pixels(again, photos)
+    _assert_pixels(again, jpeg_files)
 
 
-def test_cache_file_without_its_completion_marker_is_rebuilt(photos, tmp_path):
-    first = _filled(photos, tmp_path / "cache")
+def test_cache_file_without_its_completion_marker_is_rebuilt(jpeg_files, tmp_path):
+    first = _filled(jpeg_files, tmp_path / "cache")
     first.data_path.write_bytes(b"\0" * first.nbytes)  # right size, never finished
     first.data_path.with_suffix(cache_mod.META_SUFFIX).unlink()  # killed before the marker
-    again = decoded_images(photos, None, [32, 24], budget_gb=1, cache_dir=tmp_path / "cache")
-    _assert_pixels(again, photos)
+    again = decoded_images(jpeg_files, None, [32, 24], budget_gb=1, cache_dir=tmp_path / "cache")
+    _assert_pixels(again, jpeg_files)
 
 
-def test_unreadable_completion_marker_is_rebuilt(photos, tmp_path):
-    first = _filled(photos, tmp_path / "cache")
+def test_unreadable_completion_marker_is_rebuilt(jpeg_files, tmp_path):
+    first = _filled(jpeg_files, tmp_path / "cache")
     first.data_path.write_bytes(b"\0" * first.nbytes)
     first.data_path.with_suffix(cache_mod.META_SUFFIX).write_text('{"shape": [')
-    again = decoded_images(photos, None, [32, 24], budget_gb=1, cache_dir=tmp_path / "cache")
-    _assert_pixels(again, photos)
+    again = decoded_images(jpeg_files, None, [32, 24], budget_gb=1, cache_dir=tmp_path / "cache")
+    _assert_pixels(again, jpeg_files)
 
 
-def test_leftover_temp_file_of_a_killed_fill_is_not_used(photos, tmp_path):
+def test_leftover_temp_file_of_a_killed_fill_is_not_used(jpeg_files, tmp_path):
     cache_dir = tmp_path / "cache"
-    key = cache_mod.cache_key(photos, None, [32, 24])
+    key = cache_mod.cache_key(jpeg_files, None, [32, 24])
     cache_dir.mkdir()
     leftover = cache_dir / f".{key}.99999{cache_mod.DATA_SUFFIX}.tmp"
     leftover.write_bytes(b"\0" * 100)
-    images = decoded_images(photos, None, [32, 24], budget_gb=1, cache_dir=cache_dir)
+    images = decoded_images(jpeg_files, None, [32, 24], budget_gb=1, cache_dir=cache_dir)
     assert isinstance(images, CachedImages) and images.data_path != leftover
-    _assert_pixels(images, photos)
+    _assert_pixels(images, jpeg_files)
 
 
 @pytest.mark.parametrize("input_size", [[32, 24], [16, 12]])  # photo size (no resize), smaller
-def test_disk_fallback_gives_writable_images_like_the_cache(photos, tmp_path, input_size):
+def test_disk_fallback_gives_writable_images_like_the_cache(jpeg_files, tmp_path, input_size):
     # Augmentations may write into their input; a read-only array from the fallback would
     # fail (or be silently shared) only when the cache steps aside.
-    disk = DiskImages(photos, None, input_size)
-    cached = decoded_images(photos, None, input_size, budget_gb=1, cache_dir=tmp_path / "cache")
+    disk = DiskImages(jpeg_files, None, input_size)
+    cached = decoded_images(jpeg_files, None, input_size, budget_gb=1, cache_dir=tmp_path / "cache")
     for images in (disk, cached):
         image = images[0]
         assert image.flags.writeable and image.flags.c_contiguous

@@ -38,27 +38,13 @@ def test_info_csv_image_id_that_is_a_path_is_refused(tmp_path, capsys, image_id)
     assert not (tmp_path / "i.parquet").exists()
 
 
-@pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory) -> dict[str, str]:
-    from maskpipe.checkpoint import save_checkpoint
-    from maskpipe.config import load_config
-    from maskpipe.models import create_model
-
-    folder = tmp_path_factory.mktemp("checkpoints")
-    config = load_config("smoke", ["data.input_size=[32,24]", "data.crop_size=null"])
-    for task, classes in (("mask", 3), ("gender", 2), ("age", 3)):
-        model = create_model(config.model.arch, classes)
-        save_checkpoint(folder / task, model, task=task, config=config, epoch=1, metrics={})
-    return {task: str(folder / task) for task in ("mask", "gender", "age")}
-
-
 def test_infer_data_with_an_escaping_image_id_is_refused(tmp_path, capsys, checkpoints):
     data = make_dataset(tmp_path / "data", eval_images=2)
     write_image(tmp_path / "outside.jpg")
     (data.root / "eval" / "info.csv").write_text("ImageID,ans\n../../../outside.jpg,0\n")
     line = cli_error(
-        capsys, "infer", "--mask", checkpoints["mask"], "--gender", checkpoints["gender"],
-        "--age", checkpoints["age"], "--data", str(data.root), "-o", str(tmp_path / "submission.csv"),
+        capsys, "infer", "--mask", str(checkpoints["mask"]), "--gender", str(checkpoints["gender"]),
+        "--age", str(checkpoints["age"]), "--data", str(data.root), "-o", str(tmp_path / "submission.csv"),
     )  # fmt: skip
     assert "'../../../outside.jpg'" in line and "not plain file names" in line
     assert not (tmp_path / "submission.csv").exists()
