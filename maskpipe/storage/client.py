@@ -47,8 +47,12 @@ def _new_client(settings: S3Settings):
     import urllib3
     from minio import Minio
 
-    # Retries happen in _retrying, where they are counted, logged and bounded; urllib3's own
-    # retries would multiply that budget and hide which object was failing.
+    # Retries happen in retry._retrying, where they are counted, logged and bounded; urllib3's
+    # own retries would multiply that budget and hide which object was failing. They could not
+    # replace it either: urllib3 retries only until the response headers arrive, while minio
+    # streams get_object bodies (preload_content=False), so a connection cut mid-download, or a
+    # short body, surfaces after urllib3 is done; and one pool cannot give the preflight its
+    # two attempts and transfers MASKPIPE_S3_RETRIES.
     http = urllib3.PoolManager(
         timeout=urllib3.Timeout(connect=settings.connect_timeout_s, read=settings.read_timeout_s),
         maxsize=32,

@@ -30,10 +30,6 @@ _KEY_VARS = (("MINIO_ACCESS_KEY", "MINIO_SECRET_KEY"), ("AWS_ACCESS_KEY_ID", "AW
 _REGION_VARS = ("MINIO_REGION", "AWS_DEFAULT_REGION", "AWS_REGION")
 # What S3 clients sign with when nobody names a region; SeaweedFS and MinIO accept any.
 DEFAULT_REGION = "us-east-1"
-# The bucket of a Kubeflow install and the prefixes its profile controller (KFP 2.17
-# pipelines-profile-controller/sync.py) lets a namespace's own keys use.
-KFP_BUCKET = "mlpipeline"
-KFP_NAMESPACE_PREFIXES = "s3://mlpipeline/{artifacts, private-artifacts/<ns>, private/<ns>, shared}/*"
 _ENV_HELP = (
     "set MINIO_ENDPOINT (host:port or http(s)://host:port), MINIO_ACCESS_KEY and MINIO_SECRET_KEY "
     "(and MINIO_SECURE=false for a plain-http host:port), or AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID "
