@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Optional
 
+from maskpipe.storage import is_s3
 from pipeline_dag import LOCAL_OPTIONS, TASKS, PipelineOptions, make_pipeline
 from pipeline_cli.console import ANSI, StepConsole, console_to, quoted_tail
 from pipeline_cli.local_deploy import deploy_preflight, deploy_step_with
@@ -95,7 +96,7 @@ def run_local(
     runs_root = output_dir / "runs"
     runs_root.mkdir(parents=True, exist_ok=True)
     arguments = dict(arguments)
-    if not _is_s3(arguments["data_root"]):
+    if not is_s3(arguments["data_root"]):
         arguments["data_root"] = str(Path(arguments["data_root"]).resolve())
     log_path = output_dir / "run-local.log"
     in_containers = None
@@ -138,7 +139,7 @@ def run_local(
         raise PipelineRunError(f"kfp.local wrote no run folder under {runs_root}")
     run = collect_local_run(new_dirs[-1], output_dir, display_names)
     run.log_path = log_path
-    if truth is None and not _is_s3(arguments["data_root"]):
+    if truth is None and not is_s3(arguments["data_root"]):
         found = Path(arguments["data_root"]) / "eval_truth.csv"
         truth = found if found.exists() else None
     if truth is not None:
@@ -251,9 +252,3 @@ def _failed_task_key(error: str) -> Optional[str]:
     """The task key (e.g. ``train-model-2``) in kfp.local's error for a failed pipeline."""
     match = re.search(r"Inner task failed: '?([\w-]+)", ANSI.sub("", error))
     return match.group(1) if match else None
-
-
-def _is_s3(uri: str) -> bool:
-    return uri.startswith("s3://")
-
-

@@ -135,7 +135,7 @@ def test_reading_another_namespace_data_is_denied_naming_it(namespace_env, s3_se
 
 
 def test_resume_mirror_round_trips_under_the_namespace_prefixes(namespace_env, tmp_path, monkeypatch):
-    monkeypatch.setattr(storage, "PART_SIZE", 5 * 1024 * 1024)  # a checkpoint goes up in parts
+    monkeypatch.setattr(storage.transfer, "PART_SIZE", 5 * 1024 * 1024)  # a checkpoint goes up in parts
     state = tmp_path / "state"
     state.mkdir()
     (state / "last.pt").write_bytes(b"epoch-3")

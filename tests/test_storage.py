@@ -291,7 +291,7 @@ def test_read_bytes_reads_an_object(s3_bucket, tmp_path):
 
 
 def test_large_file_goes_up_multipart_and_comes_back_identical(s3_bucket, s3_env, tmp_path, monkeypatch):
-    monkeypatch.setattr(storage, "PART_SIZE", 5 * 1024 * 1024)  # the S3 minimum, to keep the file small
+    monkeypatch.setattr(storage.transfer, "PART_SIZE", 5 * 1024 * 1024)  # the S3 minimum, to keep the file small
     payload = os.urandom(5 * 1024 * 1024 + 4096)
     (tmp_path / "big.bin").write_bytes(payload)
     storage.upload_file(tmp_path / "big.bin", f"{s3_bucket}/models/big.bin")

@@ -180,7 +180,7 @@ def test_truncated_cache_file_is_downloaded_again(s3_bucket, tmp_path):
 
 def test_truncated_cache_file_of_a_multipart_object_is_downloaded_again(s3_bucket, tmp_path, monkeypatch):
     # a multipart ETag is no MD5 of the file, so the size check alone must catch this
-    monkeypatch.setattr(storage, "PART_SIZE", 5 * 1024 * 1024)
+    monkeypatch.setattr(storage.transfer, "PART_SIZE", 5 * 1024 * 1024)
     payload = bytes(range(256)) * (5 * 4096 + 16)  # a little over one part
     (tmp_path / "big.bin").write_bytes(payload)
     storage.upload_file(tmp_path / "big.bin", f"{s3_bucket}/big.bin")
