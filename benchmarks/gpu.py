@@ -269,7 +269,7 @@ def real_epoch(args: argparse.Namespace, work_dir: Path, target: Target) -> dict
 
     from maskpipe.data.index import build_index
     from maskpipe.data.transforms import BatchNormalizer
-    from maskpipe.train import build_task_data
+    from maskpipe.task_data import build_task_data
 
     photos = work_dir / "photos"
     synthetic_photos(photos, args.people * 7, (384, 512))

@@ -22,3 +22,7 @@ class CheckpointError(MaskpipeError):
 
 class WeightsUnavailableError(MaskpipeError):
     """Pretrained weights can be neither downloaded nor found locally."""
+
+
+class TrainingError(MaskpipeError):
+    """The data or the saved state do not allow this training run."""

@@ -19,6 +19,7 @@ import torch
 from maskpipe.backend import check_batch, outputs_from_probs
 from maskpipe.checkpoint import LoadedCheckpoint, load_checkpoint
 from maskpipe.data.resize import View
+from maskpipe.device import resolve_device  # noqa: F401  (also imported from here)
 from maskpipe.errors import MaskpipeError
 from maskpipe.labels import TASKS
 from maskpipe.model_card import ModelCard
@@ -74,21 +75,6 @@ class TorchBackend:
         if len(self.views) != 1:
             raise MaskpipeError(f"predict() takes one view; these checkpoints need {len(self.views)}: use probs()")
         return outputs_from_probs(self.probs([np.ascontiguousarray(images)]))
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; asking for CUDA without one is an error."""
-    name = str(device)
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise MaskpipeError(
-            f"device {name!r} was requested but torch sees no CUDA GPU "
-            f"(torch {torch.__version__}); use --device cpu or --device auto"
-        )
-    if not (name == "cpu" or name.startswith("cuda")):
-        raise MaskpipeError(f"unknown device {name!r}; use auto, cpu or cuda")
-    return torch.device(name)
 
 
 def load_task_models(

@@ -1,8 +1,9 @@
-"""Train one task model (mask, gender or age) into a checkpoint folder, resumably.
+"""Train one task model (mask, gender or age) into a checkpoint folder, resumably: the entry point and the epoch loop.
 
-``train_task`` reads the index, builds the task's labels, data loaders and model, and runs the
-epochs. After every completed epoch it writes ``state/last.pt`` (model, optimizer, scheduler,
-RNG, best score, history) atomically, and the best weights through
+``train_task`` reads the index, builds the task's labels, data loaders and model
+(:mod:`maskpipe.task_data`, :mod:`maskpipe.optim`), and runs the epochs. After every completed
+epoch it writes ``state/last.pt`` (:mod:`maskpipe.resume`: model, optimizer, scheduler, RNG,
+best score, history) atomically, and the best weights through
 :func:`maskpipe.checkpoint.save_checkpoint`; with ``resume_uri`` the folder is mirrored to
 object storage. Running it again with the same folder continues after the last completed
 epoch; a finished run is a no-op that reports its result again.
@@ -12,10 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
-import random
 import time
-import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,67 +22,40 @@ import torch
 import torch.nn.functional as F
 
 from maskpipe.atomic import write_json, write_text
-from maskpipe.config import Config, flatten, validate
-from maskpipe.errors import CheckpointError, MaskpipeError
+from maskpipe.config import Config, validate
+from maskpipe.device import resolve_device
+from maskpipe.errors import MaskpipeError, TrainingError
 from maskpipe.labels import NUM_CLASSES, TASK_CLASS_NAMES, check_task
+from maskpipe.optim import make_optimizer, make_scheduler
+from maskpipe.resume import (
+    RESUMABLE_CHANGES,
+    STATE_FILE,
+    STATE_FORMAT,
+    check_compatible,
+    finished,
+    load_resume_state,
+    remove_stale_temp_files,
+    restore_run,
+    run_state,
+    seed_everything,
+)
+from maskpipe.task_data import MISTAKES_KEPT, REVIEW_SAMPLE, Review, TaskData, build_task_data, confident_mistakes
+from maskpipe.train_result import TrainResult, finished_result
+
+# Names other modules and tests import from here; they live in the modules above.
+__all__ = [
+    "MISTAKES_KEPT", "RESUMABLE_CHANGES", "REVIEW_SAMPLE", "STATE_FILE", "STATE_FORMAT", "Review",
+    "TaskData", "TrainResult", "TrainingError", "build_task_data", "confident_mistakes",
+    "make_optimizer", "make_scheduler", "resolve_device", "seed_everything", "train_task",
+]  # fmt: skip
+_remove_stale_temp_files = remove_stale_temp_files  # the name tests/reliability use
 
 log = logging.getLogger(__name__)
 
-STATE_FORMAT = 1
-STATE_FILE = Path("state") / "last.pt"
 HISTORY_FILE = "history.json"
 METRICS_FILE = "metrics.json"
 MISTAKES_FILE = "mistakes.json"
-# The confidently wrong images kept per chosen epoch, and the training images a run without
-# validation people reviews for them (a sample: the review runs at every new best epoch).
-MISTAKES_KEPT = 24
-REVIEW_SAMPLE = 512
 CONFIG_FILE = "config.yaml"
-
-# Config keys that may change between a run and its resumption; everything else must match.
-RESUMABLE_CHANGES = (
-    "preset",
-    "train.epochs",
-    "train.early_stopping_patience",
-    "train.device",
-    "data.num_workers",
-    "data.cache_gb",
-    "infer.batch_size",
-    "infer.tta",
-    "infer.num_workers",
-)
-
-
-@dataclass
-class TrainResult:
-    """What a training run produced; ``summary()`` is the line the CLI prints."""
-
-    task: str
-    checkpoint_dir: Path
-    metrics: dict[str, Any]
-    best_epoch: int
-    epochs_done: int
-    epochs_planned: int
-    resumed_from: int = 0
-    already_finished: bool = False
-    stopped_early: bool = False
-    seconds: float = 0.0
-    history: list[dict[str, Any]] = field(default_factory=list)
-
-    def summary(self) -> str:
-        split = self.metrics.get("split", "val")
-        status = "already finished" if self.already_finished else f"{self.seconds:.0f} s"
-        resumed = f", resumed after epoch {self.resumed_from}" if self.resumed_from else ""
-        early = ", stopped early" if self.stopped_early else ""
-        return (
-            f"{self.task}: epochs {self.epochs_done}/{self.epochs_planned}{resumed}{early}; best "
-            f"epoch {self.best_epoch}: {split} accuracy {self.metrics.get('accuracy', 0):.4f}, "
-            f"macro-F1 {self.metrics.get('macro_f1', 0):.4f} ({status}) -> {self.checkpoint_dir}"
-        )
-
-
-class TrainingError(MaskpipeError):
-    """The data or the saved state do not allow this training run."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -118,17 +89,17 @@ def train_task(
     validate(config)
     out_dir = Path(out_dir)
     started = time.monotonic()
-    _remove_stale_temp_files(out_dir)
-    state = _load_resume_state(out_dir, resume_uri)
+    remove_stale_temp_files(out_dir)
+    state = load_resume_state(out_dir, resume_uri)
     if state is not None:
-        _check_compatible(state, config, task, out_dir)
-        if _finished(state, config):
-            return _finished_result(state, config, task, out_dir)
+        check_compatible(state, config, task, out_dir)
+        if finished(state, config):
+            return finished_result(state, config, task, out_dir)
 
     threads = torch.get_num_threads()
     try:
         run = _Run(config, task, index_path, out_dir, cache_dir)
-        resumed_from = run.restore(state) if state is not None else 0
+        resumed_from = restore_run(run, state) if state is not None else 0
         if resumed_from:
             log.info("%s: resuming %s after epoch %d", task, out_dir, resumed_from)
         write_text(out_dir / CONFIG_FILE, config.to_yaml())
@@ -136,115 +107,11 @@ def train_task(
         run.close()
     finally:
         torch.set_num_threads(threads)
-    result = _finished_result(run.summary_state(), config, task, out_dir)
+    result = finished_result(run.summary_state(), config, task, out_dir)
     result.already_finished = False
     result.resumed_from = resumed_from
     result.seconds = time.monotonic() - started
     return result
-
-
-# ---------------------------------------------------------------------------------------------
-# resume state
-
-
-def _remove_stale_temp_files(out_dir: Path) -> None:
-    # A process killed while writing leaves maskpipe.atomic's temporary files behind; one
-    # training owns its folder, so any found at start are leftovers.
-    if not out_dir.is_dir():
-        return
-    stale = [p for p in out_dir.rglob(".*.tmp") if p.is_file()]
-    for path in stale:
-        path.unlink(missing_ok=True)
-    if stale:
-        log.info("removed %d unfinished temporary file(s) from %s", len(stale), out_dir)
-
-
-def _load_resume_state(out_dir: Path, resume_uri: str | None) -> dict[str, Any] | None:
-    from maskpipe.checkpoint import load_state
-
-    path = out_dir / STATE_FILE
-    if not path.is_file() and resume_uri:
-        from maskpipe.storage import sync_down
-
-        if sync_down(resume_uri, out_dir):
-            log.info("restored %s from %s", out_dir, resume_uri)
-    if not path.is_file():
-        return None
-    state = load_state(path)
-    if state.get("format") != STATE_FORMAT:
-        raise CheckpointError(
-            f"resume state {path} has format {state.get('format')!r}, expected {STATE_FORMAT}; "
-            "delete the state/ folder to start afresh"
-        )
-    return state
-
-
-def _check_compatible(state: dict[str, Any], config: Config, task: str, out_dir: Path) -> None:
-    if state.get("task") != task:
-        raise CheckpointError(
-            f"{out_dir / STATE_FILE} belongs to task {state.get('task')!r}, not {task!r}; use "
-            f"another --out folder for {task}"
-        )
-    saved, current = dict(flatten(state["config"])), dict(flatten(config.to_dict()))
-    changed = [
-        f"{key}: {saved.get(key)!r} -> {current.get(key)!r}"
-        for key in sorted(set(saved) | set(current))
-        if key not in RESUMABLE_CHANGES and saved.get(key) != current.get(key)
-    ]
-    if changed:
-        raise CheckpointError(
-            f"{out_dir} holds a run with another config ({'; '.join(changed)}); resuming it "
-            f"would mix two trainings. Use the original settings, another --out folder, or "
-            f"delete {out_dir / 'state'} to start afresh"
-        )
-
-
-def _finished(state: dict[str, Any], config: Config) -> bool:
-    return bool(state.get("stopped_early")) or int(state["epoch"]) >= config.train.epochs
-
-
-def _finished_result(
-    state: dict[str, Any], config: Config, task: str, out_dir: Path
-) -> TrainResult:
-    return TrainResult(
-        task=task,
-        checkpoint_dir=out_dir,
-        metrics=dict(state.get("best_metrics") or {}),
-        best_epoch=int(state.get("best_epoch", 0)),
-        epochs_done=int(state["epoch"]),
-        epochs_planned=config.train.epochs,
-        already_finished=True,
-        stopped_early=bool(state.get("stopped_early")),
-        history=list(state.get("history", [])),
-    )
-
-
-def _rng_state(generator: torch.Generator) -> dict[str, Any]:
-    np_state = np.random.get_state()
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *map(int, np_state[2:4]), float(np_state[4])],
-        "python": random.getstate(),
-        "loader": generator.get_state(),
-    }
-
-
-def _set_rng_state(rng: dict[str, Any], generator: torch.Generator) -> None:
-    torch.set_rng_state(rng["torch"])
-    if rng.get("cuda") and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(rng["cuda"])
-    name, keys, pos, has_gauss, gauss = rng["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
-    version, internal, gauss_next = rng["python"]
-    random.setstate((version, tuple(internal), gauss_next))
-    generator.set_state(rng["loader"])
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -261,7 +128,7 @@ class _Run:
 
         self.config, self.task, self.out_dir = config, task, out_dir
         self.num_classes = NUM_CLASSES[task]
-        self.device = resolve_device(config.train.device)
+        self.device = _device(config.train.device)
         seed_everything(config.train.seed)
         self.generator = torch.Generator().manual_seed(config.train.seed)
         # The model first: missing pretrained weights fail in seconds, before the image cache.
@@ -306,27 +173,6 @@ class _Run:
 
     # -- state ----------------------------------------------------------------------------
 
-    def state_dict(self) -> dict[str, Any]:
-        from maskpipe.checkpoint import cpu_state_dict
-
-        return {
-            "format": STATE_FORMAT,
-            "task": self.task,
-            "config": self.config.to_dict(),
-            "epoch": self.epoch,
-            "model": cpu_state_dict(self.model),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "steps_per_epoch": self.steps_per_epoch,
-            "rng": _rng_state(self.generator),
-            "best_score": self.best_score,
-            "best_epoch": self.best_epoch,
-            "best_metrics": self.best_metrics,
-            "bad_epochs": self.bad_epochs,
-            "stopped_early": self.stopped_early,
-            "history": self.history,
-        }
-
     def summary_state(self) -> dict[str, Any]:
         """The parts of the state a result reports (no tensors)."""
         return {
@@ -337,34 +183,11 @@ class _Run:
             "history": self.history,
         }
 
-    def restore(self, state: dict[str, Any]) -> int:
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.epoch = int(state["epoch"])
-        saved_epochs = int(state["config"]["train"]["epochs"])
-        if saved_epochs == self.config.train.epochs and state["steps_per_epoch"] == self.steps_per_epoch:
-            self.scheduler.load_state_dict(state["scheduler"])
-        else:
-            # A longer (or shorter) run: the schedule is rebuilt for the new length and moved
-            # to where the completed epochs left it.
-            log.info("train.epochs %d -> %d: schedule rebuilt for the new length", saved_epochs, self.config.train.epochs)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", UserWarning)
-                for _ in range(self.epoch * self.steps_per_epoch):
-                    self.scheduler.step()
-        _set_rng_state(state["rng"], self.generator)
-        self.best_score = float(state["best_score"])
-        self.best_epoch = int(state["best_epoch"])
-        self.best_metrics = dict(state["best_metrics"])
-        self.bad_epochs = int(state["bad_epochs"])
-        self.history = list(state["history"])
-        return self.epoch
-
     def save(self, resume_uri: str | None) -> None:
         from maskpipe.checkpoint import save_state
 
         write_json(self.out_dir / HISTORY_FILE, self.history)
-        save_state(self.out_dir / STATE_FILE, self.state_dict())
+        save_state(self.out_dir / STATE_FILE, run_state(self))
         if resume_uri:
             from maskpipe.storage import sync_up
 
@@ -558,207 +381,8 @@ def _share_cpus(loader_workers: int) -> None:
         torch.set_num_threads(threads)
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise TrainingError("train.device=cuda but no CUDA device is visible; use auto or cpu")
-    return torch.device(name)
-
-
-def make_optimizer(model: torch.nn.Module, config: Config) -> torch.optim.Optimizer:
-    t = config.train
-    params = model.parameters()
-    if t.optimizer == "adamp":
-        from adamp import AdamP
-
-        return AdamP(params, lr=t.lr, betas=(0.9, 0.999), weight_decay=t.weight_decay)
-    if t.optimizer == "timm_adamp":
-        from timm.optim import AdamP as TimmAdamP
-
-        return TimmAdamP(params, lr=t.lr, betas=(0.9, 0.999), weight_decay=t.weight_decay)
-    if t.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
-    if t.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=t.lr, momentum=0.9, nesterov=True, weight_decay=t.weight_decay)
-    raise ValueError(f"unknown optimizer {t.optimizer!r}")
-
-
-def make_scheduler(
-    optimizer: torch.optim.Optimizer, config: Config, steps_per_epoch: int
-) -> torch.optim.lr_scheduler.LRScheduler:
-    """Every schedule steps once per optimizer step (so grad accumulation is accounted for)."""
-    from torch.optim import lr_scheduler
-
-    t = config.train
-    total = max(1, t.epochs * steps_per_epoch)
-    warmup = min(total - 1, int(round(t.warmup_epochs * steps_per_epoch)))
-    if t.scheduler == "step":
-        # StepLR of the original, stepped per epoch there; the same curve in optimizer steps.
-        return lr_scheduler.StepLR(optimizer, step_size=t.step_size * steps_per_epoch, gamma=t.gamma)
-    if t.scheduler == "onecycle":
-        up_steps = warmup if warmup else 0.3 * total
-        if up_steps <= 1:
-            # OneCycleLR divides by (pct_start * total - 1): zero (ZeroDivisionError) or a
-            # one-step ramp. A run this short gets the nearest well-defined curve instead.
-            log.info("onecycle needs more than %d optimizer steps to warm up; using cosine", total)
-            return lr_scheduler.LambdaLR(optimizer, _CosineWithWarmup(warmup, total))
-        return lr_scheduler.OneCycleLR(optimizer, max_lr=t.lr, total_steps=total, pct_start=up_steps / total)
-    if t.scheduler == "cosine":
-        return lr_scheduler.LambdaLR(optimizer, _CosineWithWarmup(warmup, total))
-    if t.scheduler == "constant":
-        return lr_scheduler.LambdaLR(optimizer, _CosineWithWarmup(warmup, 0))
-    raise ValueError(f"unknown scheduler {t.scheduler!r}")
-
-
-class _CosineWithWarmup:
-    """Linear warmup over ``warmup`` steps, then cosine to zero at ``total`` (0: constant)."""
-
-    def __init__(self, warmup: int, total: int) -> None:
-        self.warmup, self.total = warmup, total
-
-    def __call__(self, step: int) -> float:
-        if step < self.warmup:
-            return (step + 1) / (self.warmup + 1)
-        if self.total <= 0:
-            return 1.0
-        progress = min(1.0, (step - self.warmup) / max(1, self.total - self.warmup))
-        return 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-@dataclass
-class Review:
-    """The images whose predictions are kept for the report: the validation images, or a
-    sample of the training images; ``rows`` are their index rows, in ``loader`` order."""
-
-    split: str
-    loader: Any
-    rows: np.ndarray
-    labels: np.ndarray
-    paths: list[str]
-    data_root: str
-
-
-@dataclass
-class TaskData:
-    train_loader: Any
-    val_loader: Any | None
-    train_size: int
-    val_size: int
-    workers: int
-    review: Review
-
-
-def confident_mistakes(
-    probs: np.ndarray, review: Review, epoch: int, class_names: list[str], kept: int = MISTAKES_KEPT
-) -> dict[str, Any]:
-    """The ``kept`` wrong predictions of highest probability, as JSON-ready values."""
-    predicted = probs.argmax(axis=1)
-    confidence = probs[np.arange(len(probs)), predicted]
-    wrong = np.flatnonzero(predicted != review.labels)
-    worst = wrong[np.argsort(-confidence[wrong], kind="stable")][:kept]
-    return {
-        "epoch": epoch,
-        "split": review.split,
-        "data_root": review.data_root,
-        "class_names": class_names,
-        "images_checked": int(len(probs)),
-        "wrong": int(len(wrong)),
-        "mistakes": [
-            {
-                "path": review.paths[int(review.rows[i])],
-                "true": int(review.labels[i]),
-                "predicted": int(predicted[i]),
-                "probability": float(confidence[i]),
-                "true_probability": float(probs[i, review.labels[i]]),
-            }
-            for i in worst
-        ],
-    }
-
-
-def build_task_data(
-    config: Config,
-    task: str,
-    index_path: str | Path,
-    device: torch.device,
-    generator: torch.Generator,
-    cache_dir: str | Path | None,
-) -> TaskData:
-    """Index rows -> labels -> image sources -> datasets -> loaders, for one task."""
-    from maskpipe.data.cache import DiskImages, decoded_images
-    from maskpipe.data.datasets import (
-        ImageDataset,
-        Subset,
-        default_num_workers,
-        make_loader,
-        official_labels,
-        train_labels,
-    )
-    from maskpipe.data.index import read_index
-    from maskpipe.data.samplers import make_sampler
-    from maskpipe.data import transforms
-    from maskpipe.storage import localize
-
-    d, t = config.data, config.train
-    frame, data_root = read_index(index_path)
-    frame = frame.reset_index(drop=True)
-    train_rows = np.flatnonzero((frame["split"] == "train").to_numpy()) if d.use_val_split else np.arange(len(frame))
-    val_rows = np.flatnonzero((frame["split"] == "val").to_numpy()) if d.use_val_split else np.array([], dtype=np.int64)
-    if len(train_rows) == 0:
-        raise TrainingError(f"index {index_path} has no training rows (split == 'train')")
-    if d.use_val_split and len(val_rows) == 0 and t.select_by == "val_f1":
-        raise TrainingError(
-            f"index {index_path} has no validation rows (split == 'val') but train.select_by="
-            "val_f1 needs them; rebuild the index with --val-fraction > 0, or set "
-            "train.select_by=last"
-        )
-    if d.use_val_split and len(val_rows) == 0:
-        log.info("%s: the index holds no validation people; every person trains", task)
-    paths = localize(data_root, frame["path"].tolist(), cache_dir=Path(cache_dir) if cache_dir else None)
-    labels = train_labels(frame, task, d.age_old_min)
-    eval_labels = official_labels(frame, task)
-
-    if d.augment == "fast":
-        source = decoded_images(
-            paths, d.crop_size, d.input_size, budget_gb=d.cache_gb,
-            cache_dir=Path(cache_dir) / "decoded" if cache_dir else None,
-        )
-        train_transform = transforms.fast_train_transform(d.input_size, d.mean, d.std, d.augs)
-        train_source = Subset(source, train_rows)
-    else:
-        source = DiskImages(paths, d.crop_size, d.input_size)
-        train_transform = transforms.original_train_transform(
-            d.crop_size, d.input_size, d.mean, d.std, d.augs
-        )
-        train_source = Subset(DiskImages(paths), train_rows)
-    train_transform.set_random_seed(t.seed)
-    workers = default_num_workers(d.num_workers)
-    train_set = ImageDataset(train_source, labels[train_rows], train_transform)
-    sampler = make_sampler(labels[train_rows], NUM_CLASSES[task], t.sampler.get(task, "shuffle"), generator)
-    train_loader = make_loader(
-        train_set, batch_size=t.batch_size, train=True, num_workers=workers, device=device,
-        generator=generator, sampler=sampler,
-    )
-    def eval_loader(rows: np.ndarray, loader_generator: torch.Generator | None = None):
-        rows_set = ImageDataset(Subset(source, rows), eval_labels[rows])
-        return make_loader(
-            rows_set, batch_size=max(t.batch_size, 64), train=False, num_workers=workers, device=device,
-            generator=loader_generator,
-        )  # fmt: skip
-
-    val_loader = None
-    if len(val_rows):
-        val_loader = eval_loader(val_rows)
-        review = Review("val", val_loader, val_rows, eval_labels[val_rows], frame["path"].tolist(), data_root)
-    else:
-        # Its own generators: reviewing must not move the random streams training draws from.
-        sample = np.sort(np.random.default_rng(t.seed).permutation(train_rows)[:REVIEW_SAMPLE])
-        review_loader = eval_loader(sample, torch.Generator().manual_seed(t.seed))
-        review = Review("train", review_loader, sample, eval_labels[sample], frame["path"].tolist(), data_root)
-    counts = np.bincount(labels[train_rows], minlength=NUM_CLASSES[task]).tolist()
-    log.info(
-        "%s: %d training images (classes %s), %d validation images, %d loader workers, %s path",
-        task, len(train_rows), counts, len(val_rows), workers, d.augment,
-    )
-    return TaskData(train_loader, val_loader, len(train_rows), len(val_rows), workers, review)
+def _device(setting: str) -> torch.device:
+    try:
+        return resolve_device(setting, "train.device")
+    except MaskpipeError as exc:
+        raise TrainingError(str(exc)) from None

@@ -58,3 +58,17 @@ def test_train_task_refuses_an_unknown_task_directly(tmp_path):
     with pytest.raises(TrainingError, match="valid tasks: mask, gender, age"):
         train_task(load_config("smoke"), "pose", tmp_path / "index.parquet", tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_train_device_cuda_without_a_gpu_names_the_setting(tmp_path, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA GPU is visible: train.device=cuda is valid here")
+    code = main(_train(tmp_path, "--preset", "smoke", "--set", "train.device=cuda"))
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "Traceback" not in err
+    assert "train.device 'cuda' was requested but torch sees no CUDA GPU" in err
+    assert "set train.device to cpu or auto" in err
+    assert not (tmp_path / "out").exists()
