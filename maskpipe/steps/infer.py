@@ -53,6 +53,7 @@ def infer_step(
     infer = load_config(preset, list(overrides)).infer
     index_path = Path(index_dir) / "index.parquet"
     options = {"batch_size": infer.batch_size, "num_workers": infer.num_workers}
+    models = Path(models) if isinstance(models, (str, Path)) else {t: Path(f) for t, f in models.items()}
     # The model first: a wrong or altered folder fails before any image is read.
     opened = open_backend(models, backend, tta=tta)
     tta = opened.tta
