@@ -12,9 +12,11 @@ and each component wraps one ``maskpipe`` function. ``pipeline_cli/`` (the comma
 it, and ``pipeline.py`` (the entry point) re-exports it, so neither imports the other back.
 """
 
-from dataclasses import dataclass, replace
+import inspect
+import textwrap
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple, get_type_hints
 
 from kfp import compiler, dsl, kubernetes
 
@@ -32,6 +34,83 @@ DEFAULT_MINIO_ENDPOINT = "seaweedfs.kubeflow:9000"
 LEGACY_MINIO_ENDPOINT = "minio-service.kubeflow:9000"
 # Steps of STEP_TIMEOUTS / `--step-timeout STEP=...`.
 STEPS = ("index", "train", "export", "infer", "deploy")
+
+
+def _param(help: str, default: Any = MISSING, *, flag: str = "", factory: Any = MISSING) -> Any:
+    """A run parameter: its default, the help text (the DAG's parameter description and the
+    flag's help) and its command-line flag when it is not ``--<name with dashes>``."""
+    return field(default=default, default_factory=factory, metadata={"help": help, "flag": flag})
+
+
+@dataclass(frozen=True)
+class RunParameters:
+    """The run parameters of the pipeline, written once: the pipeline function's signature and
+    docstring (``make_pipeline``), the flags of ``pipeline.py run-local|submit|compile``
+    (``pipeline_cli.arguments.param_args``) and the tests' tiny runs are derived from these fields."""
+
+    data_root: str = _param("s3://bucket/prefix (MinIO) or a path mounted in the pods.", flag="--data")
+    preset: str = _param("Config preset: default, original or smoke.", "default")
+    epochs: int = _param("Training epochs per task; 0 keeps the preset's.", 0)
+    batch_size: int = _param("Training batch size; 0 keeps the preset's.", 0)
+    learning_rate: float = _param("Peak learning rate; 0 keeps the preset's.", 0.0, flag="--lr")
+    architecture: str = _param("timm architecture of all three models; empty keeps the preset's.", "", flag="--arch")
+    image_size: str = _param("Model input HEIGHTxWIDTH, e.g. 448x336; empty keeps the preset's.", "")
+    val_fraction: float = _param("Fraction of people held out for validation.", 0.2)
+    seed: int = _param("Seed of the split and of training.", 42)
+    tta: bool = _param("Horizontal-flip test-time augmentation at inference.", True)
+    overrides: List[str] = _param(
+        "Extra key=value config overrides, applied last (e.g. train.optimizer=adamw).", flag="--set", factory=list
+    )
+    resume_bucket: str = _param("Bucket for per-epoch resume state of retried training pods.", "")
+    export: bool = _param("Export the three models as one ONNX model folder (the served model).", True)
+    export_precision: str = _param(
+        "fp32, or int8 (ONNX Runtime static quantization calibrated on training photos; "
+        "ensemble-infer then scores the int8 graph, which is served).", "fp32",
+    )  # fmt: skip
+    infer_backend: str = _param(
+        "How ensemble-infer runs the models: auto (with export, the exported graph under ONNX "
+        "Runtime, the served model, on a CPU node; with export=false, the checkpoints under torch "
+        "on a GPU node), onnx, or torch (with export: the exported folder's checkpoints, on that "
+        "CPU node).", "auto",
+    )  # fmt: skip
+    deploy: bool = _param("Serve the exported model as a KServe InferenceService (needs export).", False)
+    deploy_name: str = _param("InferenceService name, also the model name in its URLs.", "maskpipe")
+    deploy_namespace: str = _param("Namespace of the InferenceService; empty: the run's namespace.", "")
+
+    def arguments(self) -> Dict[str, Any]:
+        """Every parameter by name, as a run is given them."""
+        return asdict(self)
+
+
+def run_parameter_flag(name: str) -> str:
+    """The command-line flag of the run parameter ``name`` (``--lr`` for learning_rate)."""
+    meta = {f.name: f.metadata for f in fields(RunParameters)}[name]
+    return meta["flag"] or "--" + name.replace("_", "-")
+
+
+def run_parameter_help(name: str) -> str:
+    return {f.name: f.metadata["help"] for f in fields(RunParameters)}[name]
+
+
+def run_parameters_signature() -> inspect.Signature:
+    """``RunParameters`` as a function signature (name, type, default), what KFP compiles into
+    the pipeline's inputs."""
+    types = get_type_hints(RunParameters)
+    params = []
+    for f in fields(RunParameters):
+        default = f.default_factory() if f.default_factory is not MISSING else f.default
+        default = inspect.Parameter.empty if default is MISSING else default
+        kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
+        params.append(inspect.Parameter(f.name, kind, default=default, annotation=types[f.name]))
+    return inspect.Signature(params)
+
+
+def _run_parameters_doc() -> str:
+    lines = ["Index -> three independent task trainings -> export -> ensemble inference -> deploy.", "", "Args:"]
+    for f in fields(RunParameters):
+        text = f"{f.name}: {f.metadata['help']}"
+        lines += textwrap.wrap(text, 96, initial_indent="    ", subsequent_indent="        ")
+    return "\n".join(lines) + "\n"
 
 
 @dataclass(frozen=True)
@@ -109,59 +188,10 @@ LOCAL_OPTIONS = PipelineOptions(cluster=False, retries=0)
 def make_pipeline(options: PipelineOptions = PipelineOptions()):
     """Build the pipeline function for these compile-time options."""
 
-    @dsl.pipeline(
-        name=PIPELINE_NAME,
-        description="Train mask, gender and age classifiers on face photos and ensemble them "
-        "into the 18-class submission.",
-        pipeline_root=options.pipeline_root or None,
-    )
-    def maskpipe_pipeline(
-        data_root: str,
-        preset: str = "default",
-        epochs: int = 0,
-        batch_size: int = 0,
-        learning_rate: float = 0.0,
-        architecture: str = "",
-        image_size: str = "",
-        val_fraction: float = 0.2,
-        seed: int = 42,
-        tta: bool = True,
-        overrides: List[str] = [],
-        resume_bucket: str = "",
-        export: bool = True,
-        export_precision: str = "fp32",
-        infer_backend: str = "auto",
-        deploy: bool = False,
-        deploy_name: str = "maskpipe",
-        deploy_namespace: str = "",
-    ):
-        """Index -> three independent task trainings -> export -> ensemble inference -> deploy.
-
-        Args:
-            data_root: ``s3://bucket/prefix`` (MinIO) or a path mounted in the pods.
-            preset: Config preset: default, original or smoke.
-            epochs: Training epochs per task; 0 keeps the preset's.
-            batch_size: Training batch size; 0 keeps the preset's.
-            learning_rate: Peak learning rate; 0 keeps the preset's.
-            architecture: timm architecture of all three models; empty keeps the preset's.
-            image_size: Model input HEIGHTxWIDTH, e.g. 448x336; empty keeps the preset's.
-            val_fraction: Fraction of people held out for validation.
-            seed: Seed of the split and of training.
-            tta: Horizontal-flip test-time augmentation at inference.
-            overrides: Extra key=value config overrides, applied last.
-            resume_bucket: Bucket for per-epoch resume state of retried training pods.
-            export: Export the three models as one ONNX model folder (the served model).
-            export_precision: fp32, or int8 (ONNX Runtime static quantization calibrated on
-                training photos; ensemble-infer then scores the int8 graph, which is served).
-            infer_backend: How ensemble-infer runs the models: auto (with export, the
-                exported graph under ONNX Runtime, the served model, on a CPU node; with
-                export=false, the checkpoints under torch on a GPU node), onnx, or torch (with
-                export: the exported folder's checkpoints, on that CPU node).
-            deploy: Serve the exported model as a KServe InferenceService (needs export).
-            deploy_name: InferenceService name, also the model name in its URLs.
-            deploy_namespace: Namespace of the InferenceService; empty: the run's namespace.
-        """
-        index_task = index_data(data_root=data_root, val_fraction=val_fraction, seed=seed)
+    def maskpipe_pipeline(*args, **kwargs):
+        # KFP passes one channel per parameter, in the order of the signature below.
+        p = RunParameters(*args, **kwargs)
+        index_task = index_data(data_root=p.data_root, val_fraction=p.val_fraction, seed=p.seed)
         index_task.set_display_name("index-data")
         _configure(index_task, options, options.index_resources, gpu=options.index_gpu)
 
@@ -170,15 +200,15 @@ def make_pipeline(options: PipelineOptions = PipelineOptions()):
             train_task = train_model(
                 task=task,
                 index=index_task.outputs["index"],
-                preset=preset,
-                epochs=epochs,
-                batch_size=batch_size,
-                learning_rate=learning_rate,
-                architecture=architecture,
-                image_size=image_size,
-                seed=seed,
-                overrides=overrides,
-                resume_bucket=resume_bucket,
+                preset=p.preset,
+                epochs=p.epochs,
+                batch_size=p.batch_size,
+                learning_rate=p.learning_rate,
+                architecture=p.architecture,
+                image_size=p.image_size,
+                seed=p.seed,
+                overrides=p.overrides,
+                resume_bucket=p.resume_bucket,
                 run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
             )
             train_task.set_display_name(f"train-{task}")
@@ -196,16 +226,16 @@ def make_pipeline(options: PipelineOptions = PipelineOptions()):
             mask_model=models["mask"],
             gender_model=models["gender"],
             age_model=models["age"],
-            preset=preset,
-            overrides=overrides,
-            tta=tta,
-            backend=infer_backend,
+            preset=p.preset,
+            overrides=p.overrides,
+            tta=p.tta,
+            backend=p.infer_backend,
         )
         # `== True`: a KFP condition on a run parameter, compiled, not a Python comparison.
-        with dsl.If(export == True, name="export"):  # noqa: E712
+        with dsl.If(p.export == True, name="export"):  # noqa: E712
             export_task = export_model(
                 mask_model=models["mask"], gender_model=models["gender"], age_model=models["age"],
-                index=index_task.outputs["index"], tta=tta, precision=export_precision,
+                index=index_task.outputs["index"], tta=p.tta, precision=p.export_precision,
             )  # fmt: skip
             export_task.set_display_name("export-model")
             _configure(export_task, options, options.export_resources, gpu=False)
@@ -215,9 +245,9 @@ def make_pipeline(options: PipelineOptions = PipelineOptions()):
             infer_task = ensemble_infer(**infer_inputs, exported_model=export_task.outputs["model"])
             infer_task.set_display_name("ensemble-infer")
             _configure(infer_task, options, options.infer_resources, gpu=False, shm=True)
-            with dsl.If(deploy == True, name="deploy"):  # noqa: E712
+            with dsl.If(p.deploy == True, name="deploy"):  # noqa: E712
                 deploy_task = deploy_model(
-                    model=export_task.outputs["model"], name=deploy_name, namespace=deploy_namespace,
+                    model=export_task.outputs["model"], name=p.deploy_name, namespace=p.deploy_namespace,
                     serving_image=serving_image(options.image),
                 )  # fmt: skip
                 deploy_task.set_display_name("deploy")
@@ -228,7 +258,16 @@ def make_pipeline(options: PipelineOptions = PipelineOptions()):
             infer_task.set_display_name("ensemble-infer")
             _configure(infer_task, options, options.infer_gpu_resources, gpu=True, shm=True)
 
-    return maskpipe_pipeline
+    # The parameters KFP reads (inspect.signature honours __signature__, inspect.getdoc the
+    # docstring's Args) are RunParameters' fields.
+    maskpipe_pipeline.__signature__ = run_parameters_signature()
+    maskpipe_pipeline.__doc__ = _run_parameters_doc()
+    return dsl.pipeline(
+        name=PIPELINE_NAME,
+        description="Train mask, gender and age classifiers on face photos and ensemble them "
+        "into the 18-class submission.",
+        pipeline_root=options.pipeline_root or None,
+    )(maskpipe_pipeline)
 
 
 def _configure(

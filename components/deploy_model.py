@@ -17,7 +17,7 @@ def deploy_model(
 ) -> str:
     """Create or update the InferenceService ``name`` serving ``model``, wait until it is Ready.
 
-    Wraps ``maskpipe.deploy`` (the kserve SDK). The predictor is the serving image
+    Wraps ``maskpipe.steps.deploy.deploy_step`` (the kserve SDK). The predictor is the serving image
     (``docker/Dockerfile.serve``); KServe's storage initializer reads the model folder from
     the object store with the S3 Secret of ``service_account`` (``k8s/serving/``). Runs in the
     serving image, whose ServiceAccount must be allowed to create InferenceServices
@@ -39,18 +39,9 @@ def deploy_model(
     Returns:
         The service's URL; predictions at ``<url>/v1/models/<name>:predict``.
     """
-    from maskpipe.deploy import (
-        apply_and_wait, build_inference_service, check_service_name, current_namespace, schema_errors, to_manifest,
-    )  # fmt: skip
-    from maskpipe.errors import MaskpipeError
+    from maskpipe.steps.deploy import deploy_step
 
-    check_service_name(name)
-    namespace = namespace or current_namespace()
-    service = build_inference_service(name, namespace, model.uri, serving_image, service_account=service_account)
-    errors = schema_errors(to_manifest(service))
-    if errors:
-        raise MaskpipeError(f"the InferenceService does not fit KServe's schema: {errors}")
-    url = apply_and_wait(service, timeout_s=timeout_s)
-    print(f"InferenceService {namespace}/{name} is ready: {url}")
-    print(f"try: curl -H 'Content-Type: application/json' -d @request.json {url}/v1/models/{name}:predict")
-    return url
+    return deploy_step(
+        model.uri, serving_image, name=name, namespace=namespace, service_account=service_account,
+        timeout_s=timeout_s,
+    )  # fmt: skip

@@ -259,15 +259,11 @@ def _cmd_infer(args: argparse.Namespace) -> None:
         cache_dir=args.cache_dir,
     )
     print(result.summary())
-    from maskpipe.reports import write_infer_report
-    from maskpipe.reports.infer_report import find_eval_truth, submission_set
+    from maskpipe.steps.infer import write_inference_report
 
-    truth = args.truth or find_eval_truth(result.data_root)
     facts = [("TTA", "on" if args.tta else "off"), ("device", result.device)]
-    if truth is not None:
-        facts.append(("truth", str(truth)))
-    html = write_infer_report(
-        [submission_set(result, truth)], _beside(args.out, args.html), facts=facts, cache_dir=args.cache_dir
+    html = write_inference_report(
+        result, _beside(args.out, args.html), facts, truth=args.truth, cache_dir=args.cache_dir
     )
     print(f"report: {html}")
 

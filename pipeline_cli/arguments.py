@@ -3,6 +3,7 @@
 import argparse
 import os
 import re
+from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 from urllib.parse import urlsplit
@@ -16,6 +17,9 @@ from pipeline_dag import (
     LEGACY_MINIO_ENDPOINT,
     STEPS,
     PipelineOptions,
+    RunParameters,
+    run_parameter_flag,
+    run_parameter_help,
 )
 
 ENDPOINT_ENV = "KF_PIPELINES_ENDPOINT"
@@ -41,26 +45,14 @@ def pipeline_arguments(args: argparse.Namespace) -> Dict[str, Any]:
         from maskpipe.config import load_config
 
         tta = load_config(preset, args.overrides).infer.tta
-    return {
-        "data_root": args.data,
-        "preset": preset,
-        "epochs": args.epochs,
-        "batch_size": args.batch_size,
-        "learning_rate": args.lr,
-        "architecture": args.arch,
-        "image_size": args.image_size,
-        "val_fraction": args.val_fraction,
-        "seed": args.seed,
-        "tta": bool(tta),
-        "overrides": list(args.overrides),
-        "resume_bucket": args.resume_bucket,
-        "export": bool(args.export or args.deploy),
-        "export_precision": args.export_precision,
-        "infer_backend": args.infer_backend,
-        "deploy": bool(args.deploy),
-        "deploy_name": args.deploy_name,
-        "deploy_namespace": args.deploy_namespace,
-    }
+    arguments = {f.name: getattr(args, f.name) for f in fields(RunParameters)}
+    arguments.update(
+        tta=bool(tta),
+        overrides=list(args.overrides),
+        export=bool(args.export or args.deploy),
+        deploy=bool(args.deploy),
+    )
+    return RunParameters(**arguments).arguments()
 
 
 def options_from_args(args: argparse.Namespace) -> PipelineOptions:
@@ -267,41 +259,38 @@ def fraction(text: str) -> float:
 # flag groups shared by the subcommands
 
 
+# How each run parameter is read from the command line, beyond its flag, default and help
+# (pipeline_dag.RunParameters): the type that checks it, or another action.
+_PARAM_FLAGS: Dict[str, Dict[str, Any]] = {
+    "data_root": {"required": True, "type": data_root},
+    "epochs": {"type": whole_number(0)},
+    "batch_size": {"type": whole_number(0)},
+    "learning_rate": {"type": number(at_least=0)},
+    "val_fraction": {"type": fraction},
+    "seed": {"type": int},
+    # None: the preset's infer.tta (pipeline_arguments resolves it)
+    "tta": {"action": argparse.BooleanOptionalAction, "default": None,
+            "help": " Default: the preset's infer.tta."},
+    "overrides": {"action": "append", "metavar": "KEY=VALUE", "help": " Repeatable."},
+    "export": {"action": argparse.BooleanOptionalAction},
+    "export_precision": {"choices": ["fp32", "int8"]},
+    "infer_backend": {"choices": ["auto", "onnx", "torch"]},
+    "deploy": {"action": "store_true",
+               "help": " run-local: against $KUBECONFIG's API, the step in the serving environment."},
+}
+
+
 def param_args(p: argparse.ArgumentParser) -> None:
+    """One flag per field of ``RunParameters``: its flag, default and help from there; the
+    parsed value lands under the field's name (``--lr`` -> ``args.learning_rate``)."""
     g = p.add_argument_group("pipeline parameters")
-    g.add_argument("--data", required=True, type=data_root, help="data root: s3://bucket/prefix or a folder")
-    g.add_argument("--preset", default="default", help="default | original | smoke")
-    g.add_argument("--epochs", type=whole_number(0), default=0, help="0 keeps the preset's")
-    g.add_argument("--batch-size", type=whole_number(0), default=0, help="0 keeps the preset's")
-    g.add_argument("--lr", type=number(at_least=0), default=0.0, help="0 keeps the preset's")
-    g.add_argument("--arch", default="", help="timm architecture; empty keeps the preset's")
-    g.add_argument("--image-size", default="", help="HEIGHTxWIDTH, e.g. 448x336")
-    g.add_argument("--val-fraction", type=fraction, default=0.2)
-    g.add_argument("--seed", type=int, default=42)
-    g.add_argument(
-        "--tta", action=argparse.BooleanOptionalAction, default=None,
-        help="flip TTA at inference (default: the preset's infer.tta)",
-    )
-    g.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-        help="extra config override, repeatable (e.g. --set train.optimizer=adamw)",
-    )
-    g.add_argument("--resume-bucket", default="", help="bucket for per-epoch resume state")
-    g.add_argument("--export", action=argparse.BooleanOptionalAction, default=True,
-                   help="export the ONNX model folder after training (default on)")
-    g.add_argument("--export-precision", choices=["fp32", "int8"], default="fp32",
-                   help="int8: add a quantized graph calibrated on training photos (the card "
-                   "records its agreement with fp32); what is served and scored on a CPU")
-    g.add_argument("--infer-backend", choices=["auto", "onnx", "torch"], default="auto",
-                   help="how ensemble-infer runs the models: auto (default) runs the exported "
-                   "model with ONNX Runtime on a CPU node, with torch on a GPU node, and the "
-                   "checkpoints with --no-export")
-    g.add_argument("--deploy", action="store_true",
-                   help="serve the exported model as a KServe InferenceService (run-local: "
-                   "against $KUBECONFIG's API, the step in the serving environment)")
-    g.add_argument("--deploy-name", default="maskpipe", help="InferenceService name (a DNS label)")
-    g.add_argument("--deploy-namespace", default="",
-                   help="its namespace (default: the run's; run-local: the kubeconfig's)")
+    for f in fields(RunParameters):
+        extra = dict(_PARAM_FLAGS.get(f.name, {}))
+        default = f.default_factory() if f.default_factory is not MISSING else f.default
+        kwargs: Dict[str, Any] = {"dest": f.name, "default": None if default is MISSING else default}
+        kwargs["help"] = run_parameter_help(f.name) + extra.pop("help", "")
+        kwargs.update(extra)
+        g.add_argument(run_parameter_flag(f.name), **kwargs)
 
 
 def cluster_args(p: argparse.ArgumentParser) -> None:

@@ -105,7 +105,7 @@ def _cmd_run_local(args: argparse.Namespace) -> None:
     image = (args.image or LOCAL_IMAGE) if args.runner == "docker" else None
     options = dataclasses.replace(LOCAL_OPTIONS, retries=args.retries)
     arguments = pipeline_arguments(args)
-    check_data_root(args.data)
+    check_data_root(args.data_root)
     run = run_local(arguments, args.output_dir, options=options, truth=args.truth, image=image)
     print()
     print(run.summary())
@@ -138,9 +138,9 @@ def check_data_root(data_root: str) -> None:
 def _cmd_submit(args: argparse.Namespace) -> None:
     from maskpipe import storage
 
-    if not storage.is_s3(args.data) and not Path(args.data).is_absolute():
+    if not storage.is_s3(args.data_root) and not Path(args.data_root).is_absolute():
         raise argparse.ArgumentTypeError(
-            f"--data {args.data} is a relative path: the steps run in pods, where the data root is "
+            f"--data {args.data_root} is a relative path: the steps run in pods, where the data root is "
             "s3://bucket/prefix or an absolute path mounted in them; upload a local folder with "
             "`maskpipe data upload DIR s3://bucket/prefix`"
         )

@@ -17,25 +17,21 @@ TINY_OVERRIDES = [
 
 
 def tiny_pipeline_arguments(data_root: str | Path, **changes) -> dict:
-    """Pipeline arguments for a one-epoch smoke run on ``data_root``; ``changes`` win."""
-    arguments = {
+    """Every run parameter (``pipeline_dag.RunParameters``) for a one-epoch smoke run on
+    ``data_root``; ``changes`` win (an unknown name is a TypeError)."""
+    from pipeline_dag import RunParameters
+
+    tiny = {
         "data_root": str(data_root),
         "preset": "smoke",
         "epochs": 1,
-        "batch_size": 0,
-        "learning_rate": 0.0,
-        "architecture": "",
-        "image_size": "",
         "val_fraction": 0.34,
-        "seed": 42,
         "tta": False,
         "overrides": list(TINY_OVERRIDES),
-        "resume_bucket": "",
         # The export step is tested on its own (tests/test_export.py); tiny runs skip its ~20 s.
         "export": False,
     }
-    arguments.update(changes)
-    return arguments
+    return RunParameters(**{**tiny, **changes}).arguments()
 
 
 def write_task_checkpoints(
