@@ -1,23 +1,16 @@
-"""What a Kubeflow profile namespace's own object-store keys may reach, checked before a submit.
+"""Data, resume and root paths a Kubeflow profile namespace's keys cannot reach, refused before a submit.
 
-The KFP 2.17 profile controller (``pipelines-profile-controller/sync.py`` in
-kubeflow/pipelines) gives each profile namespace a SeaweedFS user, stored in that namespace's
-Secret ``mlpipeline-minio-artifact``, whose policy allows only these prefixes of bucket
-``mlpipeline``. A run that reads its data or writes its resume state elsewhere in that bucket
-fails with AccessDenied after its pods have started; ``pipeline.py submit`` refuses it first.
-Other buckets are not judged: an install may grant them by its own policy.
+A run that reads its data or writes its resume state in bucket ``mlpipeline`` outside the
+prefixes of ``maskpipe.profile_namespace`` fails with AccessDenied after its pods have
+started; ``pipeline.py submit`` refuses it first. Other buckets are not judged: an install may
+grant them by its own policy.
 """
 
 from __future__ import annotations
 
 from typing import List, Optional, Tuple
 
-PROFILE_BUCKET = "mlpipeline"
-
-
-def allowed_prefixes(namespace: str) -> List[str]:
-    """The prefixes of ``mlpipeline`` that ``namespace``'s keys may read and write."""
-    return ["artifacts/", f"private-artifacts/{namespace}/", f"private/{namespace}/", "shared/"]
+from maskpipe.profile_namespace import PROFILE_BUCKET, allowed_prefixes
 
 
 def _split(location: str) -> Optional[Tuple[str, str]]:

@@ -14,6 +14,7 @@ import time
 from typing import Callable, TypeVar
 
 from maskpipe.errors import StorageError
+from maskpipe.profile_namespace import PROFILE_BUCKET, allowed_pattern
 from maskpipe.storage.settings import S3Settings
 from maskpipe.storage.uri import is_s3, parse_s3_uri
 
@@ -22,10 +23,10 @@ log = logging.getLogger("maskpipe.storage")
 T = TypeVar("T")
 
 _MAX_BACKOFF_S = 8.0
-# The bucket of a Kubeflow install and the prefixes its profile controller (KFP 2.17
-# pipelines-profile-controller/sync.py) lets a namespace's own keys use.
-KFP_BUCKET = "mlpipeline"
-KFP_NAMESPACE_PREFIXES = "s3://mlpipeline/{artifacts, private-artifacts/<ns>, private/<ns>, shared}/*"
+# The bucket of a Kubeflow install and the prefixes its profile controller lets a namespace's
+# own keys use (maskpipe.profile_namespace states the rule).
+KFP_BUCKET = PROFILE_BUCKET
+KFP_NAMESPACE_PREFIXES = allowed_pattern()
 
 _CREDENTIAL_CODES = {
     "InvalidAccessKeyId",
