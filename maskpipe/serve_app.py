@@ -196,12 +196,7 @@ class PredictorRoutes:
             raise RequestError(exc.message, exc.status, headers=headers) from None
 
     async def v1_ready(self, request: Request, model_name: str) -> Response:
-        try:
-            self._model(model_name, None)
-        except RequestError as exc:
-            return _reject(request, exc)
-        ready = await self.model.healthy()
-        return JSONResponse({"name": model_name, "ready": ready}, status_code=200 if ready else 503)
+        return await self.v2_ready(request, model_name)  # v1 has no versions; the same answer
 
     async def v2_ready(self, request: Request, model_name: str, model_version: str | None = None) -> Response:
         try:
