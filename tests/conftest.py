@@ -26,6 +26,7 @@ its module), and ``unit`` for a test with none of these nor ``slow`` or ``contai
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -269,8 +270,14 @@ def s3_env(s3_server: S3Endpoint, monkeypatch: pytest.MonkeyPatch, tmp_path_fact
 @pytest.fixture
 def s3_bucket(s3_env: S3Endpoint) -> Iterator[str]:
     """A fresh, empty bucket as ``"s3://<bucket>"``, with the environment pointing at it."""
+    with _fresh_bucket(s3_env.client()) as uri:
+        yield uri
+
+
+@contextlib.contextmanager
+def _fresh_bucket(client) -> Iterator[str]:
+    """A new bucket with a unique name as ``"s3://<bucket>"``, emptied and removed afterwards."""
     name = f"maskpipe-test-{uuid.uuid4().hex[:12]}"
-    client = s3_env.client()
     client.make_bucket(name)
     try:
         yield f"s3://{name}"
@@ -333,15 +340,12 @@ def moto_bucket(moto_server: S3Endpoint, monkeypatch: pytest.MonkeyPatch, tmp_pa
     """A fresh bucket on :func:`moto_server`, the environment pointing there; afterwards the
     server is running again and without hooks, whatever the test did to it."""
     _point_env_at(moto_server, monkeypatch, tmp_path_factory)
-    name = f"maskpipe-test-{uuid.uuid4().hex[:12]}"
-    client = moto_server.client()
-    client.make_bucket(name)
-    try:
-        yield f"s3://{name}"
-    finally:
-        moto_server.moto.request_hooks.clear()
-        moto_server.moto.start()  # a fault test may have left it down
-        _remove_bucket(client, name)
+    with _fresh_bucket(moto_server.client()) as uri:
+        try:
+            yield uri
+        finally:  # before the bucket is removed
+            moto_server.moto.request_hooks.clear()
+            moto_server.moto.start()  # a fault test may have left it down
 
 
 @pytest.fixture(scope="session")
