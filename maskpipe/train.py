@@ -463,7 +463,8 @@ class _Run:
         self.best_metrics = chosen
         summary = {k: chosen[k] for k in ("split", "accuracy", "macro_f1", "loss")}
         save_checkpoint(
-            self.out_dir, self.model, task=self.task, config=self.config, epoch=epoch, metrics=summary
+            self.out_dir, self.model, task=self.task, config=self.config, epoch=epoch, metrics=summary,
+            config_note=self.resolved_note(),
         )
         write_json(self.out_dir / METRICS_FILE, chosen)
 

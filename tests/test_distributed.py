@@ -119,10 +119,15 @@ EPOCHS = 6
 COMMON = ["--preset", "smoke", "--set", f"train.epochs={EPOCHS}", "--set", "data.num_workers=0"]
 TWO_RANKS = ["--set", "train.batch_size=16", "--set", "train.lr=0.002"]
 ONE_PROCESS = ["--set", "train.batch_size=32", "--set", "train.lr=0.004"]
-# Macro-F1 on the 24 held-out people (168 mask images). Measured: 1 process 0.??, 2 ranks
-# 0.?? (a difference of 0.??). The two runs draw other augmentations and other sampler draws,
-# so they differ as two seeds of one run do; see the tolerance's reasoning below.
-F1_TOLERANCE = 0.15
+# Macro-F1 of the mask model on the 24 held-out people (168 images). The two runs see other
+# augmentations and other sampler draws (rank 1 has its own streams), so they differ as two
+# seeds of one run do. Measured here: 1 process 0.860, 2 ranks 0.898 (0.038 apart);
+# tests/test_train.py's two seeds of the 1-process smoke run gave 0.921 / 0.922. 0.10 is
+# about 2.5 times the gap seen, and far below what a broken recipe costs (a doubled or halved
+# effective learning rate, or ranks training on the same draw, lose more than that here; a model
+# that learned nothing scores about 0.28). Both must also have learned (F1_FLOOR).
+F1_TOLERANCE = 0.10
+F1_FLOOR = 0.75
 
 
 def _env() -> dict[str, str]:
@@ -174,8 +179,8 @@ def test_two_ranks_train_a_checkpoint_that_infer_scores(two_rank_run, synth, tmp
     assert "[rank 1]" not in done.stdout + done.stderr
     assert "effective batch 32 (train.batch_size 16 x 2 ranks x train.grad_accum 1), lr 0.004" in done.stderr
     assert "lr 0.004" in (out / "config.yaml").read_text().splitlines()[-1]
-    model, meta = load_checkpoint(out)
-    assert meta["task"] == "mask" and meta["epoch"] == EPOCHS and not any(k.startswith("module.") for k in model.state_dict())
+    loaded = load_checkpoint(out)
+    assert loaded.task == "mask" and loaded.meta["epoch"] == EPOCHS
     others = write_task_checkpoints(tmp_path / "others", arch="resnet10t", overrides=["data.input_size=96x72"])
     submission = tmp_path / "submission.csv"
     scored = _run(
@@ -195,6 +200,7 @@ def test_two_ranks_score_the_held_out_people_like_one_process_at_the_same_effect
     two_f1 = json.loads((two_rank_run[0] / "metrics.json").read_text())["macro_f1"]
     one_f1 = json.loads((synth / "one" / "metrics.json").read_text())["macro_f1"]
     print(f"held-out mask macro-F1: 1 process {one_f1:.4f}, 2 ranks {two_f1:.4f}")
+    assert min(one_f1, two_f1) >= F1_FLOOR, (one_f1, two_f1)
     assert abs(two_f1 - one_f1) <= F1_TOLERANCE, (one_f1, two_f1)
 
 
