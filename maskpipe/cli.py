@@ -230,6 +230,10 @@ def _cmd_train(args: argparse.Namespace) -> None:
         resume_uri=args.resume_uri,
         cache_dir=args.cache_dir,
     )
+    from maskpipe.distributed import is_main
+
+    if not is_main():  # under torchrun rank 0 reports (and wrote every file)
+        return
     print(result.summary())
     from maskpipe.reports import write_train_report
 
@@ -367,17 +371,32 @@ def _cmd_upload(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from maskpipe.distributed import world_from_env
+    from maskpipe.errors import MaskpipeError
+
+    command = " ".join(filter(None, (args.command, getattr(args, "data_command", None))))
+    try:
+        world = world_from_env()
+    except MaskpipeError as exc:
+        print(f"maskpipe {command}: error: {exc}", file=sys.stderr)
+        return 2
+    level, prefix = logging.DEBUG if args.verbose else logging.INFO, ""
+    if world.distributed:
+        # Under torchrun: every line names its rank; ranks other than 0 speak only when
+        # something is wrong (rank 0 reports the run), and draw no progress bars.
+        command, prefix = f"{command} ({world.label()})", f"[rank {world.rank}] "
+        if not world.is_main:
+            level = logging.DEBUG if args.verbose else logging.WARNING
+            os.environ.setdefault("MASKPIPE_PROGRESS", "off")
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        level=level,
+        format=f"%(asctime)s {prefix}%(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
-    from maskpipe.errors import MaskpipeError
 
     try:
         args.func(args)
     except (MaskpipeError, UserError) as exc:
-        command = " ".join(filter(None, (args.command, getattr(args, "data_command", None))))
         print(f"maskpipe {command}: error: {exc}", file=sys.stderr)
         return 2
     return 0

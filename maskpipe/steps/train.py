@@ -67,6 +67,10 @@ def train_step(
     resume_uri = resume_uri_of(resume_bucket, run_id, task)
     checkpoint_dir = Path(checkpoint_dir)
     result = train_task(config, task, Path(index_dir) / "index.parquet", checkpoint_dir, resume_uri=resume_uri)
+    from maskpipe.distributed import is_main
+
+    if not is_main():  # under torchrun rank 0 wrote the checkpoint and reports it
+        return StepOutputs()
     print(result.summary())
     write_train_report(checkpoint_dir, html_path)
     # The resume state (optimizer and all) is only for restarting this step; the mirror keeps
