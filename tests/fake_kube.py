@@ -251,7 +251,7 @@ class FakeKubeAPI:
             key = (match["ns"], match["name"])
             if key not in self.pods:
                 return _status(404, "NotFound", f'pods "{key[1]}" not found', name=key[1])
-            if query.get("follow") == "true":
+            if query.get("follow", "").lower() == "true":  # Go's ParseBool: the client sends "True"
                 return 200, _Stream(self._follow_log(key))
             with self._lock:
                 return 200, _Text("".join(line + "\n" for line in self.pod_logs[key]))
