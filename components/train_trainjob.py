@@ -28,9 +28,7 @@ def train_trainjob(
     resume_bucket: str = "",
     run_id: str = "",
 ):
-    """Train one task model in a Kubeflow Trainer TrainJob and publish its checkpoint.
-
-    Wraps ``maskpipe.steps.train.trainjob_train_step``; the outputs are ``train_model``'s.
+    """Train one task model in a Kubeflow Trainer TrainJob (``trainjob_train_step``) and publish it.
 
     Args:
         task: ``mask``, ``gender`` or ``age``.

@@ -50,7 +50,7 @@ def data_root(tmp_path_factory) -> Path:
 def api(tmp_path, monkeypatch):
     with FakeKubeAPI() as server:
         monkeypatch.setenv("KUBECONFIG", str(server.write_kubeconfig(tmp_path / "kubeconfig", NAMESPACE)))
-        server.add_secret(NAMESPACE, "mlpipeline-minio-artifact", {"accesskey": "key-id", "secretkey": "key-secret"})
+        server.add_secret(NAMESPACE, "mlpipeline-minio-artifact", {"accesskey": "maskpipe-test-key", "secretkey": "maskpipe-test-secret"})
         yield server
 
 
