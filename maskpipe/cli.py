@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train one task model")
     p.add_argument("--task", required=True, choices=["mask", "gender", "age"])
-    p.add_argument("--index", type=Path, required=True)
+    p.add_argument("--index", required=True, help="index.parquet: a path, or s3://bucket/key/index.parquet")
     p.add_argument("--out", type=Path, required=True, help="checkpoint folder (resumed if present)")
     _config_args(p)
     p.add_argument("--resume-uri", help="s3://bucket/key/ where resume state is mirrored")
@@ -203,7 +203,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
     result = train_task(
         config,
         args.task,
-        args.index,
+        _local_index(args.index, args.cache_dir),
         args.out,
         resume_uri=args.resume_uri,
         cache_dir=args.cache_dir,
@@ -217,6 +217,17 @@ def _cmd_train(args: argparse.Namespace) -> None:
 
     html = write_train_report(args.out, args.html or args.out / "report.html", cache_dir=args.cache_dir)
     print(f"report: {html}")
+
+
+def _local_index(index: str, cache_dir: Path | None) -> Path:
+    """``--index`` as a local file: an ``s3://`` one is downloaded into the cache first (what a
+    Kubeflow Trainer node, which does not see the step's files, is given)."""
+    from maskpipe import storage
+
+    if not storage.is_s3(index):
+        return Path(index)
+    root, _, name = index.rstrip("/").rpartition("/")
+    return storage.localize(root, [name], cache_dir=cache_dir)[0]
 
 
 def _cmd_infer(args: argparse.Namespace) -> None:
