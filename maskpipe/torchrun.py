@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Deque, Dict, List, Mapping, Optional, Sequence
 
 from maskpipe.errors import TrainingError
@@ -23,7 +24,8 @@ from maskpipe.errors import TrainingError
 # they have more than one GPU each (pipeline_dag, `--gpus-per-task`). Unset: 1.
 PROCESSES_ENV = "MASKPIPE_TRAIN_PROCESSES"
 # Checked against torch 2.14: with `--tee 3` torchrun prefixes each line of local rank R with
-# `[defaultR]:`, and when a rank fails it prints ChildFailedError's "Root Cause" block with
+# `[defaultR]:` and keeps it in `<log-dir>/<run>/attempt_<A>/<R>/stdout.log|stderr.log`, and
+# when a rank fails it prints ChildFailedError's "Root Cause" block with
 # `rank : R (local_rank: L)` and `exitcode : C (pid: P)`. tests/test_torchrun.py runs a real
 # torchrun and fails when these change.
 _RANK_PREFIX = re.compile(r"^\[default(\d+)\]:(.*)$", re.S)
@@ -141,8 +143,22 @@ def run_torchrun(
                 except subprocess.TimeoutExpired:
                     process.kill()
                     process.wait()
-    if status != 0:
-        raise TrainingError(_failure_message(status, processes, list(tail), last_line))
+        if status != 0:
+            failure = first_failure(list(tail))
+            said = None if failure is None else _last_error_line(log_dir, failure.local_rank)
+            if failure is not None and said is None:
+                said = last_line.get(failure.local_rank)
+            raise TrainingError(_failure_message(status, processes, list(tail), failure, said))
+
+
+def _last_error_line(log_dir: str, local_rank: int) -> Optional[str]:
+    """The last line local rank ``local_rank`` wrote to stderr (its error, or a traceback's
+    last line), from torchrun's log folder; None when there is none."""
+    logs = sorted(Path(log_dir).glob(f"*/attempt_*/{local_rank}/stderr.log"), key=lambda p: p.stat().st_mtime)
+    if not logs:
+        return None
+    lines = [line.strip() for line in logs[-1].read_text(errors="replace").splitlines() if line.strip()]
+    return lines[-1] if lines else None
 
 
 def _print(line: str) -> None:
@@ -150,12 +166,12 @@ def _print(line: str) -> None:
     sys.stdout.flush()
 
 
-def _failure_message(status: int, processes: int, tail: List[str], last_line: Dict[int, str]) -> str:
-    failure = first_failure(tail)
+def _failure_message(
+    status: int, processes: int, tail: List[str], failure: Optional[RankFailure], said: Optional[str]
+) -> str:
     where = "every rank's output is in the log above"
     if failure is None:
         said = next((line.strip() for line in reversed(tail) if line.strip()), "no output")
         return f"torchrun exited with status {status} before any of its {processes} ranks failed: {said}; {where}"
-    said = last_line.get(failure.local_rank)
     said = f"its last line: {said}" if said else "it printed nothing"
     return f"training under torchrun failed: {failure.describe(processes)} first; {said}; {where}"
