@@ -10,6 +10,7 @@ from __future__ import annotations
 import collections
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -104,7 +105,7 @@ def run_torchrun(
 ) -> None:
     """Run ``child`` as ``processes`` ranks under torchrun and wait for it.
 
-    Every line is passed to ``echo`` as it arrives: rank 0's as the rank printed it (so its
+    The command first, then every line is passed to ``echo`` as it arrives: rank 0's as the rank printed it (so its
     epoch lines read as a one-process run's do), other ranks' after ``[rank R]``, torchrun's own
     unchanged (default: this process's stdout, flushed per line, which is the step's log).
     ``env``: the children's environment (default: this one).
@@ -116,6 +117,7 @@ def run_torchrun(
     echo = echo or _print
     with tempfile.TemporaryDirectory(prefix="maskpipe-torchrun-") as log_dir:
         command = torchrun_command(processes, child, log_dir)
+        echo(f"torchrun: {processes} processes: {shlex.join(command)}\n")
         tail: Deque[str] = collections.deque(maxlen=_LINES_KEPT)
         last_line: Dict[int, str] = {}
         process = subprocess.Popen(
