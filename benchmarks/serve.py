@@ -47,13 +47,13 @@ from pathlib import Path
 import numpy as np
 from inference import write_checkpoints, write_images
 from original_recipe import BenchmarkError, parse_size, run_in_work_dir
+from serve_client import ServerProcess, drive, serving_python, v1_body
 
 from PIL import Image
 
 from maskpipe.ensemble import classes_from_probs, predict_probs
 from maskpipe.export import export_model
 from maskpipe.runtime import open_backend
-from maskpipe.serve_client import ServerProcess, drive, serving_python, v1_body
 
 REPO = Path(__file__).resolve().parents[1]
 GOAL_SCALING = 3.0

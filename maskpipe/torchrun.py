@@ -132,7 +132,8 @@ def run_torchrun(
                     local_rank, line = int(prefixed.group(1)), prefixed.group(2)
                     if line.strip():
                         last_line[local_rank] = line.strip()
-                    echo(line if local_rank == 0 else f"[rank {local_rank}] {line}")
+                    marked = local_rank == 0 or line.startswith(f"[rank {local_rank}]")  # maskpipe's log lines
+                    echo(line if marked else f"[rank {local_rank}] {line}")
                 else:
                     tail.append(line.rstrip("\n"))
                     echo(line)

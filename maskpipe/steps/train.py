@@ -122,6 +122,10 @@ def train_step(
         result = _train_under_torchrun(config, task, checkpoint_dir, resume_uri, processes, child)
     else:
         result = train_task(config, task, index_path, checkpoint_dir, resume_uri=resume_uri)
+        from maskpipe.distributed import is_main
+
+        if not is_main():  # under torchrun rank 0 wrote the checkpoint and reports it
+            return StepOutputs()
         print(result.summary())
         write_train_report(checkpoint_dir, html_path)
     # The resume state (optimizer and all) is only for restarting this step; the mirror keeps
