@@ -214,7 +214,8 @@ def test_a_failing_maskpipe_train_fails_the_step_naming_the_rank_and_its_error(t
         train_step("age", empty_index, tmp_path / "model", tmp_path / "r.html", preset="smoke", processes=2)
     message = str(caught.value)
     assert " of 2 (local rank " in message and "exited with status 2" in message
-    assert "its last line: maskpipe train: error: " in message and "index.parquet" in message
+    # torchrun's first observed failure: the rank refusing the index, or (DDP) the one that lost it
+    assert "its last line: maskpipe train" in message and "error: " in message
 
 
 @needs_ddp
