@@ -1,6 +1,7 @@
 """The maskpipe Kubeflow pipeline: which steps run, in what order, with what cluster settings.
 
-    index-data -> train-mask, train-gender, train-age (no edges between them, one GPU each)
+    index-data -> train-mask, train-gender, train-age (no edges between them, one GPU each, or
+                  N GPUs and N torchrun processes each with `gpus_per_task`)
                -> export-model -> ensemble-infer (the exported model, ONNX Runtime on a CPU
                   node: what is scored is what is served) -> deploy
     With ``export=false``, ensemble-infer runs the three checkpoints with torch on a GPU node
@@ -13,6 +14,7 @@ it, and ``pipeline.py`` (the entry point) re-exports it, so neither imports the 
 """
 
 import inspect
+import re
 import textwrap
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -23,6 +25,7 @@ from kfp import compiler, dsl, kubernetes
 from components import IMAGE, deploy_model, ensemble_infer, export_model, index_data, train_model, train_trainjob
 from components.image import serving_image
 from maskpipe.trainjob import TrainJobSettings
+from maskpipe.torchrun import PROCESSES_ENV
 
 PIPELINE_NAME = "maskpipe"
 TASKS = ("mask", "gender", "age")
@@ -157,6 +160,10 @@ class PipelineOptions:
     gpu_toleration: Optional[Dict[str, Optional[str]]] = None
     image_pull_secret: str = ""
     shm_size: str = "8Gi"
+    # Training processes (torchrun ranks) per training step, one per GPU: a compile-time
+    # setting, not a run parameter, because KFP 2.17 takes /dev/shm's size only as a literal
+    # and cannot compute a resource from a parameter. See `training_options`.
+    gpus_per_task: int = 1
     retries: int = 2
     retry_backoff: str = "60s"
     index_resources: Resources = Resources("2", "4", "4Gi", "8Gi", 2 * 3600)
@@ -168,12 +175,44 @@ class PipelineOptions:
     infer_gpu_resources: Resources = Resources("4", "8", "16Gi", "24Gi", 6 * 3600)
     deploy_resources: Resources = Resources("100m", "500m", "256Mi", "512Mi", 1800)
     # trainer="kubeflow": each training step creates a TrainJob of trainer_nodes nodes, each
-    # with trainer_gpus GPUs (None: `gpus`) and train_resources' limits, and only follows it.
+    # node what a training pod would be (training_options: gpus_per_task GPUs and processes,
+    # its limits), and only follows it.
     trainer: str = "pod"
     trainer_nodes: int = 1
-    trainer_gpus: Optional[int] = None
     trainjob_poll_s: float = 5.0  # how often a training step reads its TrainJob's status
     trainjob_step_resources: Resources = Resources("250m", "1", "2Gi", "4Gi", 24 * 3600 + 1800)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.gpus_per_task, int) or self.gpus_per_task < 1:
+            raise ValueError(f"gpus_per_task must be a whole number of at least 1, got {self.gpus_per_task!r}")
+
+    def training_options(self) -> "PipelineOptions":
+        """These options as a training step's pod takes them.
+
+        With ``gpus_per_task`` = N > 1 the step runs N processes, one per GPU, each with its own
+        DataLoader workers and batches in flight, so the pod asks for N GPUs (none with
+        ``gpus=0``: N CPU processes), and its CPU and memory requests and limits and its
+        ``/dev/shm`` size are N times ``train_resources`` and ``shm_size`` (which are the
+        one-process pod's). The pod deadline stays. N = 1: these options unchanged.
+
+        Raises:
+            ValueError: N > 1 with ``gpus`` > 1 (which GPU count would the step get?).
+        """
+        n = self.gpus_per_task
+        if n == 1:
+            return self
+        if self.gpus > 1:
+            raise ValueError(
+                f"--gpus {self.gpus} with --gpus-per-task {n}: a training step runs one process "
+                "per GPU, so --gpus-per-task sets its GPUs; use --gpus 1 (GPU nodes) or --gpus 0 "
+                "(that many CPU processes)"
+            )
+        base = self.train_resources
+        resources = replace(
+            base, cpu_request=_times(base.cpu_request, n), cpu_limit=_times(base.cpu_limit, n),
+            memory_request=_times(base.memory_request, n), memory_limit=_times(base.memory_limit, n),
+        )  # fmt: skip
+        return replace(self, gpus=n if self.gpus else 0, shm_size=_times(self.shm_size, n), train_resources=resources)
 
     def with_timeouts(self, timeouts: Dict[str, int]) -> "PipelineOptions":
         """These options with the pod deadline of each named step (``STEPS``) replaced."""
@@ -191,11 +230,11 @@ class PipelineOptions:
 
     def trainjob_settings(self) -> TrainJobSettings:
         """The TrainJob each training step creates in trainer="kubeflow" mode."""
-        train = self.train_resources
+        node = self.training_options()  # each node as one training pod: --gpus-per-task GPUs
+        train = node.train_resources
         return TrainJobSettings(
-            image=self.image, num_nodes=self.trainer_nodes,
-            gpus_per_node=self.gpus if self.trainer_gpus is None else self.trainer_gpus, gpu_type=self.gpu_type,
-            cpu_per_node=train.cpu_limit, memory_per_node=train.memory_limit, shm_size=self.shm_size,
+            image=self.image, num_nodes=self.trainer_nodes, gpus_per_node=node.gpus, gpu_type=self.gpu_type,
+            cpu_per_node=train.cpu_limit, memory_per_node=train.memory_limit, shm_size=node.shm_size,
             timeout_s=train.timeout_s, secret_name=self.secret_name, access_key_key=self.access_key_key,
             secret_key_key=self.secret_key_key, endpoint_secret_key=self.endpoint_secret_key,
             minio_endpoint=self.minio_endpoint, minio_secure=self.minio_secure,
@@ -204,6 +243,16 @@ class PipelineOptions:
 
 
 LOCAL_OPTIONS = PipelineOptions(cluster=False, retries=0)
+
+
+def _times(quantity: str, n: int) -> str:
+    """A Kubernetes quantity (``8Gi``, ``500m``, ``4``, ``1.5``) times ``n``, in its own unit."""
+    found = re.fullmatch(r"(\d+(?:\.\d+)?)(.*)", quantity)
+    if found is None:
+        raise ValueError(f"{quantity!r} is not a Kubernetes quantity such as 8Gi, 500m or 4")
+    number, unit = found.groups()
+    value = float(number) * n
+    return f"{int(value) if value.is_integer() else value}{unit}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -226,6 +275,7 @@ def make_pipeline(options: PipelineOptions = PipelineOptions()):
         trainjob = options.trainer == "kubeflow"
         train_component = train_trainjob if trainjob else train_model
         extra = {"trainjob": options.trainjob_settings().to_dict()} if trainjob else {}
+        train_options = options.training_options()
         for task in TASKS:
             train_task = train_component(
                 task=task,
@@ -246,7 +296,9 @@ def make_pipeline(options: PipelineOptions = PipelineOptions()):
             if trainjob:  # the step only creates and follows its TrainJob: no GPU, no /dev/shm
                 _configure(train_task, options, options.trainjob_step_resources, gpu=False)
             else:
-                _configure(train_task, options, options.train_resources, gpu=True, shm=True)
+                _configure(train_task, train_options, train_options.train_resources, gpu=True, shm=True)
+                if options.gpus_per_task > 1:  # run by maskpipe.steps.train under torchrun
+                    train_task.set_env_variable(PROCESSES_ENV, str(options.gpus_per_task))
             if options.retries > 0:
                 train_task.set_retry(
                     num_retries=options.retries,

@@ -84,7 +84,7 @@ class TrainJobSettings:
         if settings.num_nodes < 1 or settings.gpus_per_node < 0:
             raise TrainJobError(
                 f"a TrainJob needs num_nodes >= 1 and gpus_per_node >= 0, got {settings.num_nodes} and "
-                f"{settings.gpus_per_node}; pass --trainer-nodes M --trainer-gpus N"
+                f"{settings.gpus_per_node}; pass --trainer-nodes M --gpus-per-task N"
             )
         return settings
 
@@ -111,7 +111,7 @@ def checkpoint_uri_of(model_uri: str) -> str:
     return ("s3://" if base.startswith("s3://") else "") + f"{parent}/trainjob-checkpoint/"
 
 
-def train_command(task: str, index_uri: str, checkpoint_uri: str, preset: str, overrides: Sequence[str],
+def node_command(task: str, index_uri: str, checkpoint_uri: str, preset: str, overrides: Sequence[str],
                   nproc_per_node: int) -> List[str]:  # fmt: skip
     """The node's command: ``maskpipe train`` under torchrun (the runtime sets ``PET_NNODES``,
     ``PET_NODE_RANK``, ``PET_MASTER_ADDR`` and ``PET_MASTER_PORT``, which torchrun reads)."""

@@ -66,7 +66,7 @@ def options_from_args(args: argparse.Namespace) -> PipelineOptions:
             f"the moving tag {DEFAULT_IMAGE}; pass --image REPOSITORY:sha-<commit> (what CI "
             f"publishes), or --image {DEFAULT_IMAGE} to choose the moving tag"
         )
-    options = PipelineOptions(
+    settings = dict(
         image=image,
         pipeline_root=args.pipeline_root,
         secret_name=args.secret_name,
@@ -82,11 +82,16 @@ def options_from_args(args: argparse.Namespace) -> PipelineOptions:
         gpu_toleration=_parse_toleration(args.gpu_toleration),
         image_pull_secret=args.image_pull_secret,
         shm_size=args.shm_size,
+        gpus_per_task=args.gpus_per_task,
         retries=args.retries,
         trainer=args.trainer,
         trainer_nodes=args.trainer_nodes,
-        trainer_gpus=args.trainer_gpus,
     )
+    try:
+        options = PipelineOptions(**settings)
+        options.training_options()
+    except ValueError as exc:  # a combination of flags it refuses (--gpus with --gpus-per-task)
+        raise argparse.ArgumentTypeError(str(exc)) from None
     return options.with_timeouts(_parse_step_timeouts(args.step_timeout))
 
 
@@ -321,20 +326,34 @@ def cluster_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--gpu-node-selector", help="KEY=VALUE node label for GPU steps")
     g.add_argument("--gpu-toleration", help="KEY[=VALUE][:EFFECT], e.g. nvidia.com/gpu:NoSchedule")
     g.add_argument("--image-pull-secret", default="")
-    g.add_argument("--shm-size", default="8Gi", type=quantity, help="size of the memory-backed /dev/shm")
+    g.add_argument("--shm-size", default="8Gi", type=quantity,
+                   help="size of the memory-backed /dev/shm (per process: training steps get "
+                   "--gpus-per-task times this)")
+    gpus_per_task_arg(g)
     g.add_argument("--retries", type=whole_number(0), default=2, help="retries of each training step")
     g.add_argument("--step-timeout", action="append", default=[], metavar="STEP=DURATION",
                    help=f"pod deadline of a step ({', '.join(STEPS)} or all), e.g. train=12h, "
                    "repeatable (defaults: index 2h, train 24h, export 1h, infer 6h, deploy 30m)")
     g.add_argument("--trainer", choices=TRAINERS, default="pod",
                    help="where each training step trains: pod (its own pod, --gpus GPUs) or kubeflow "
-                   "(a Kubeflow Trainer TrainJob of --trainer-nodes nodes; needs Trainer v2 and "
+                   "(a Kubeflow Trainer TrainJob of --trainer-nodes nodes, each with --gpus-per-task GPUs; needs Trainer v2 and "
                    "k8s/trainer's Role: docs/cluster.md)")
     g.add_argument("--trainer-nodes", type=whole_number(1), default=1,
                    help="with --trainer kubeflow: nodes of each TrainJob (its num_nodes)")
-    g.add_argument("--trainer-gpus", type=whole_number(0), default=None,
-                   help="with --trainer kubeflow: GPUs of each TrainJob node, one process each "
-                   "(default: --gpus); cpu and memory per node are the train step's limits")
+
+
+def gpus_per_task_arg(g: Any, *, local: bool = False) -> None:
+    """``--gpus-per-task N``: PipelineOptions.gpus_per_task (training_options says what it scales)."""
+    launch = "runs `torchrun --standalone --nproc_per_node=N -m maskpipe train`"
+    if local:
+        text = (f"training processes per training step: each {launch} on this machine (gloo on "
+                "the CPU, one process per GPU where there are GPUs); default 1: one process")
+    else:
+        text = (f"training processes per training step, one per GPU: each training step asks for "
+                f"N GPUs and N times a one-GPU step's CPU, memory and /dev/shm, and {launch}; with "
+                "--gpus 0, N CPU processes (gloo). Compiled in, not a run parameter: KFP 2.17 "
+                "cannot size /dev/shm from one (default 1: one process)")
+    g.add_argument("--gpus-per-task", type=whole_number(1), default=1, metavar="N", help=text)
 
 
 def client_args(p: argparse.ArgumentParser) -> None:

@@ -16,6 +16,7 @@ from pipeline_cli.arguments import (
     client_args,
     cluster_args,
     existing_file,
+    gpus_per_task_arg,
     options_from_args,
     param_args,
     pipeline_arguments,
@@ -46,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir", type=Path, default=Path("local_outputs"))
     p.add_argument("--truth", type=existing_file, help="eval truth CSV (default: DATA/eval_truth.csv)")
     p.add_argument("--retries", type=whole_number(0), default=0, help="retries of each training step")
+    gpus_per_task_arg(p, local=True)
     g = p.add_argument_group("containers")
     g.add_argument("--runner", choices=("subprocess", "docker"), default="subprocess",
                    help="subprocess: each step in this Python; docker: each step in --image "
@@ -103,7 +105,7 @@ def _cmd_run_local(args: argparse.Namespace) -> None:
             f"--output-dir {args.output_dir} is a file: give a folder (it is created if missing)"
         )
     image = (args.image or LOCAL_IMAGE) if args.runner == "docker" else None
-    options = dataclasses.replace(LOCAL_OPTIONS, retries=args.retries)
+    options = dataclasses.replace(LOCAL_OPTIONS, retries=args.retries, gpus_per_task=args.gpus_per_task)
     arguments = pipeline_arguments(args)
     check_data_root(args.data_root)
     run = run_local(arguments, args.output_dir, options=options, truth=args.truth, image=image)

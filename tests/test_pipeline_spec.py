@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ import yaml
 
 import pipeline
 from components import IMAGE, SERVE_IMAGE
+from pipeline_dag import LOCAL_OPTIONS, PipelineOptions, make_pipeline
 
 REPO = Path(__file__).resolve().parent.parent
 TRAIN_STEPS = ("train-mask", "train-gender", "train-age")
@@ -480,3 +482,105 @@ def test_bad_cluster_flags_are_rejected_with_the_expected_form(tmp_path, flag, v
     assert result.returncode == 2
     assert flag in result.stderr and value in result.stderr
     assert not (tmp_path / "p.yaml").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# --gpus-per-task: N GPUs and N torchrun processes per training step
+
+
+_BINARY = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
+
+
+def _amount(quantity: str) -> float:
+    """A Kubernetes quantity as a number (8Gi -> bytes, 500m -> 0.5), to compare sizes."""
+    for suffix, factor in _BINARY.items():
+        if quantity.endswith(suffix):
+            return float(quantity[: -len(suffix)]) * factor
+    return float(quantity[:-1]) / 1000 if quantity.endswith("m") else float(quantity)
+
+
+@pytest.fixture(scope="module")
+def one_and_two_gpus_per_task(tmp_path_factory) -> tuple[tuple[dict, dict], tuple[dict, dict]]:
+    """((spec, platform) of a default compile, the same with --gpus-per-task 2)."""
+    tmp = tmp_path_factory.mktemp("gpus-per-task")
+    one = list(yaml.safe_load_all(compile_yaml(tmp / "one")))
+    two = list(yaml.safe_load_all(compile_yaml(tmp / "two", "--gpus-per-task", "2")))
+    return tuple(one), tuple(two)
+
+
+def _processes_env(container: dict) -> str | None:
+    return {e["name"]: e["value"] for e in container.get("env", [])}.get("MASKPIPE_TRAIN_PROCESSES")
+
+
+def test_gpus_per_task_gives_each_training_step_that_many_gpus_and_torchrun_processes(one_and_two_gpus_per_task):
+    _, (spec, _) = one_and_two_gpus_per_task
+    for name in TRAIN_STEPS:
+        container = container_of(spec, name)
+        assert container["resources"]["accelerator"]["resourceCount"] == "2", name
+        assert _processes_env(container) == "2", name  # maskpipe.steps.train then runs torchrun
+
+
+def test_gpus_per_task_scales_the_training_pods_cpu_memory_and_shm_with_it(one_and_two_gpus_per_task):
+    (spec1, platform1), (spec2, platform2) = one_and_two_gpus_per_task
+    for name in TRAIN_STEPS:
+        one, two = container_of(spec1, name)["resources"], container_of(spec2, name)["resources"]
+        for field in ("resourceCpuRequest", "resourceCpuLimit", "resourceMemoryRequest", "resourceMemoryLimit"):
+            assert _amount(two[field]) == 2 * _amount(one[field]), (name, field)
+        (shm1,), (shm2,) = k8s_of(spec1, platform1, name)["emptyDirMounts"], k8s_of(spec2, platform2, name)["emptyDirMounts"]
+        assert _amount(shm2["sizeLimit"]) == 2 * _amount(shm1["sizeLimit"]), name
+        assert k8s_of(spec2, platform2, name)["activeDeadlineSeconds"] == k8s_of(spec1, platform1, name)["activeDeadlineSeconds"]
+
+
+def test_gpus_per_task_leaves_every_other_step_as_it_was(one_and_two_gpus_per_task):
+    (spec1, platform1), (spec2, platform2) = one_and_two_gpus_per_task
+    for name in set(ALL_STEPS) - set(TRAIN_STEPS):
+        assert container_of(spec2, name) == container_of(spec1, name), name
+        assert k8s_of(spec2, platform2, name) == k8s_of(spec1, platform1, name), name
+
+
+def test_one_gpu_per_task_compiles_exactly_the_default_pipeline(tmp_path):
+    default = compile_yaml(tmp_path / "default")
+    assert compile_yaml(tmp_path / "one", "--gpus-per-task", "1") == default
+    assert "MASKPIPE_TRAIN_PROCESSES" not in default
+
+
+def test_gpus_per_task_on_cpu_nodes_runs_that_many_processes_without_a_gpu(tmp_path):
+    spec, platform = list(yaml.safe_load_all(compile_yaml(tmp_path, "--gpus", "0", "--gpus-per-task", "3")))
+    for name in TRAIN_STEPS:
+        container = container_of(spec, name)
+        assert "accelerator" not in container["resources"], name
+        assert _processes_env(container) == "3", name
+        assert {e["name"]: e["value"] for e in container["env"]}["NVIDIA_VISIBLE_DEVICES"] == "void"
+        assert _amount(container["resources"]["resourceCpuRequest"]) == 3 * _amount(
+            PipelineOptions().train_resources.cpu_request
+        )
+
+
+@pytest.mark.parametrize(
+    "flags, said",
+    [
+        (["--gpus-per-task", "0"], "0 is too small: use 1 or more"),
+        (["--gpus-per-task", "two"], "'two' is not a whole number"),
+        (["--gpus", "2", "--gpus-per-task", "2"], "--gpus 2 with --gpus-per-task 2"),
+    ],
+)
+def test_a_bad_gpus_per_task_is_refused_in_one_line(tmp_path, flags, said):
+    result = subprocess.run(
+        [sys.executable, str(REPO / "pipeline.py"), "compile", "-o", str(tmp_path / "p.yaml"), *flags],
+        cwd=REPO, capture_output=True, text=True,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert said in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "p.yaml").exists()
+
+
+def test_a_local_run_passes_gpus_per_task_to_its_training_steps_only():
+    """run-local compiles without cluster settings (kfp.local ignores them), but the process
+    count still reaches the training steps, through the environment kfp.local gives them."""
+    from google.protobuf import json_format
+
+    spec = make_pipeline(replace(LOCAL_OPTIONS, gpus_per_task=2)).pipeline_spec
+    for key, executor in json_format.MessageToDict(spec.deployment_spec)["executors"].items():
+        env = {e["name"]: e["value"] for e in executor["container"].get("env", [])}
+        assert env.get("MASKPIPE_TRAIN_PROCESSES") == ("2" if key.startswith("exec-train-model") else None), key
+        assert "resources" not in executor["container"], key

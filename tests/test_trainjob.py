@@ -30,7 +30,7 @@ from datafactory import make_dataset
 from fake_kube import FakeKubeAPI, node_container, run_trainjob_locally, trainjob_schema_errors
 from tiny import TINY_OVERRIDES
 from pipeline_dag import LOCAL_OPTIONS, PipelineOptions
-from maskpipe.trainjob import TrainJobSettings, checkpoint_uri_of, object_store_uri, train_command, trainjob_request
+from maskpipe.trainjob import TrainJobSettings, checkpoint_uri_of, object_store_uri, node_command, trainjob_request
 
 pytestmark = pytest.mark.integration  # a loopback API server, kfp.local subprocesses
 
@@ -203,7 +203,7 @@ def trainjob_body(settings: TrainJobSettings) -> dict:
     from kubeflow.trainer.types.types import Runtime, RuntimeKind, RuntimeTrainer, TrainerType
     from kubeflow.trainer.constants import constants
 
-    command = train_command("age", "s3://mlpipeline/a/index/index.parquet", "s3://mlpipeline/a/trainjob-checkpoint/",
+    command = node_command("age", "s3://mlpipeline/a/index/index.parquet", "s3://mlpipeline/a/trainjob-checkpoint/",
                             "default", ["train.epochs=3"], settings.gpus_per_node)  # fmt: skip
     trainer, options = trainjob_request(settings, command, "maskpipe-age-0123abcd", {"maskpipe/task": "age"})
     backend = KubernetesBackend.__new__(KubernetesBackend)  # no API: build the spec only
@@ -222,7 +222,9 @@ def trainjob_body(settings: TrainJobSettings) -> dict:
 
 @pytest.mark.parametrize("nodes,gpus", [(1, 1), (4, 8), (2, 0)])
 def test_the_trainjob_of_a_cluster_compile_is_valid_under_the_trainer_crd(nodes, gpus):
-    job = trainjob_body(cluster_settings(trainer_nodes=nodes, trainer_gpus=gpus, image_pull_secret="regcred"))
+    # A node is what a training pod is: --gpus-per-task GPUs (CPU nodes: --gpus 0).
+    gpu_options = {"gpus_per_task": gpus, "gpus": 1} if gpus else {"gpus": 0}
+    job = trainjob_body(cluster_settings(trainer_nodes=nodes, image_pull_secret="regcred", **gpu_options))
     assert trainjob_schema_errors(job) == []
     trainer = job["spec"]["trainer"]
     assert trainer["numNodes"] == nodes and trainer["image"] == "registry.local/maskpipe:sha-0"
@@ -258,7 +260,7 @@ def test_artifact_uris_map_to_what_the_trainjob_pods_read():
 def trainer_spec(tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("spec") / "pipeline.yaml"
     subprocess.run([sys.executable, str(REPO / "pipeline.py"), "compile", "--trainer", "kubeflow", "--trainer-nodes", "2",
-                    "--trainer-gpus", "4", "--image", "registry.local/maskpipe:sha-0", "-o", str(out)],
+                    "--gpus-per-task", "4", "--image", "registry.local/maskpipe:sha-0", "-o", str(out)],
                    check=True, cwd=REPO, capture_output=True, text=True)  # fmt: skip
     return list(yaml.safe_load_all(out.read_text()))
 

@@ -1,14 +1,20 @@
 """The ``train-<task>`` step: the named parameters as config overrides, one task trained, its
-HTML report, metrics and model metadata."""
+HTML report, metrics and model metadata.
+
+One process by default; with several (one per GPU of the pod, ``maskpipe.torchrun``), the step
+runs ``maskpipe train`` with the same settings under ``torchrun`` and reports the run it left in
+the checkpoint folder, exactly as it reports its own."""
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import time
 from pathlib import Path
-from typing import List, Sequence
+from typing import List, Optional, Sequence
 
-from maskpipe.errors import MaskpipeError
+from maskpipe.errors import MaskpipeError, TrainingError
 from maskpipe.steps import StepOutputs
 
 
@@ -45,6 +51,45 @@ def resume_uri_of(resume_bucket: str, run_id: str, task: str):
     return f"s3://{resume_bucket.strip('/')}/runs/{run_id}/{task}/"
 
 
+def train_command(
+    task: str, index_path: Path, checkpoint_dir: Path, html_path: Path, preset: str,
+    overrides: Sequence[str], resume_uri: Optional[str],
+) -> List[str]:  # fmt: skip
+    """The ``maskpipe train`` command line (after ``python``) that trains what ``train_step``
+    does in one process, report included."""
+    command = ["-m", "maskpipe", "train", "--task", task, "--index", str(index_path)]
+    command += ["--out", str(checkpoint_dir), "--html", str(html_path), "--preset", preset]
+    command += [f"--set={item}" for item in overrides]
+    return command + ([f"--resume-uri={resume_uri}"] if resume_uri else [])
+
+
+def _train_under_torchrun(config, task, checkpoint_dir, resume_uri, processes, child):
+    """Run ``child`` as ``processes`` ranks, then the result of the run they finished, as
+    ``train_task`` reports a finished run (its epoch lines and summary are the ranks')."""
+    from maskpipe.resume import finished, load_resume_state
+    from maskpipe.torchrun import PROCESSES_ENV, run_torchrun
+    from maskpipe.train_result import finished_result
+
+    started = time.monotonic()
+    # What the ranks resume from; the mirror is copied into the folder here, once, so every
+    # rank finds the same local state.
+    before = load_resume_state(checkpoint_dir, resume_uri)
+    env = {name: value for name, value in os.environ.items() if name != PROCESSES_ENV}
+    run_torchrun(processes, child, env=env)
+    state = load_resume_state(checkpoint_dir, None)
+    if state is None or not finished(state, config):
+        done = "no resume state" if state is None else f"epoch {state['epoch']} of {config.train.epochs}"
+        raise TrainingError(
+            f"torchrun's {processes} ranks exited 0 but {checkpoint_dir} holds {done}: the run did "
+            "not finish; its log above says why (rerun the step to resume)"
+        )
+    result = finished_result(state, config, task, checkpoint_dir)
+    result.already_finished = before is not None and finished(before, config)
+    result.resumed_from = 0 if before is None or result.already_finished else int(before["epoch"])
+    result.seconds = time.monotonic() - started
+    return result
+
+
 def train_step(
     task: str,
     index_dir: Path,
@@ -55,22 +100,32 @@ def train_step(
     overrides: Sequence[str] = (),
     resume_bucket: str = "",
     run_id: str = "",
+    processes: Optional[int] = None,
 ) -> StepOutputs:
     """Train ``task`` on ``index_dir``/index.parquet into ``checkpoint_dir`` (without the resume
     state, which only the mirror keeps), write the HTML report; ``overrides`` as
-    ``train_overrides`` builds them. Returns the model's metadata, metrics and confusion matrix."""
+    ``train_overrides`` builds them. ``processes``: training processes in this pod (default:
+    ``$MASKPIPE_TRAIN_PROCESSES``, else 1); above 1, ``maskpipe train`` under torchrun.
+    Returns the model's metadata, metrics and confusion matrix."""
     from maskpipe.config import load_config
+    from maskpipe.torchrun import processes_from_env
     from maskpipe.train import train_task
 
     config = load_config(preset, list(overrides))
     resume_uri = resume_uri_of(resume_bucket, run_id, task)
     checkpoint_dir = Path(checkpoint_dir)
-    result = train_task(config, task, Path(index_dir) / "index.parquet", checkpoint_dir, resume_uri=resume_uri)
-    from maskpipe.distributed import is_main
+    index_path = Path(index_dir) / "index.parquet"
+    processes = processes_from_env() if processes is None else processes
+    if processes > 1:
+        child = train_command(task, index_path, checkpoint_dir, html_path, preset, overrides, resume_uri)
+        result = _train_under_torchrun(config, task, checkpoint_dir, resume_uri, processes, child)
+    else:
+        result = train_task(config, task, index_path, checkpoint_dir, resume_uri=resume_uri)
+        from maskpipe.distributed import is_main
 
-    if not is_main():  # under torchrun rank 0 wrote the checkpoint and reports it
-        return StepOutputs()
-    print(result.summary())
+        if not is_main():  # under torchrun rank 0 wrote the checkpoint and reports it
+            return StepOutputs()
+        print(result.summary())
     return _publish(result, config, preset, checkpoint_dir, html_path)
 
 
@@ -99,14 +154,14 @@ def trainjob_train_step(
     from maskpipe.train_result import finished_result
     from maskpipe.trainjob import (
         TrainJobError, TrainJobRun, TrainJobSettings, checkpoint_uri_of, new_job_name, object_store_uri,
-        train_command,
+        node_command,
     )  # fmt: skip
 
     config = load_config(preset, list(overrides))  # a bad override fails here, not in the job
     job_settings = TrainJobSettings.from_dict(settings)
     checkpoint_uri = resume_uri_of(resume_bucket, run_id, task) or checkpoint_uri_of(model_uri)
     index_parquet = object_store_uri(index_uri, "index") + "/index.parquet"
-    command = train_command(task, index_parquet, checkpoint_uri, preset, overrides, job_settings.gpus_per_node)
+    command = node_command(task, index_parquet, checkpoint_uri, preset, overrides, job_settings.gpus_per_node)
     labels = {"app.kubernetes.io/part-of": "maskpipe", "maskpipe/task": task}
     job = TrainJobRun(job_settings)
     job.run(command, new_job_name(task), labels)
