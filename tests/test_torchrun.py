@@ -3,12 +3,6 @@ runs a command as N ranks under a real torchrun (gloo, on this CPU), streams wha
 into the step's log and turns a failed rank into one line that names it; ``train_step`` with
 ``processes=2`` runs ``maskpipe train`` so and publishes the checkpoint as one process does;
 ``pipeline.py run-local --gpus-per-task 2`` runs every training step that way through kfp.local.
-
-Until ``maskpipe train`` itself is distributed (DDP, issue 17's first section, on another
-branch), its two ranks train the same run side by side and race on one folder's files. So the
-step's launch and publishing are checked now on a finished run (the ranks only report it), and
-the two-rank trainings from scratch (``needs_ddp``: the step, and run-local) run once
-``maskpipe train`` joins a process group, i.e. after DDP is merged.
 """
 
 from __future__ import annotations
@@ -72,7 +66,7 @@ def test_the_child_command_is_maskpipe_train_with_the_steps_settings(tmp_path):
     assert child[:3] == ["-m", "maskpipe", "train"]
     args = maskpipe_parser().parse_args(child[2:])
     assert args.func.__name__ == "_cmd_train"
-    assert (args.task, args.index, args.out) == ("gender", tmp_path / "index" / "index.parquet", tmp_path / "model")
+    assert (args.task, str(args.index), args.out) == ("gender", str(tmp_path / "index" / "index.parquet"), tmp_path / "model")
     assert (args.html, args.preset, args.overrides) == (tmp_path / "report.html", "smoke", overrides)
     assert args.resume_uri == "s3://bucket/runs/r1/gender/"
 
@@ -147,22 +141,6 @@ def _train(index_dir: Path, out: Path, processes: int):
     return result, log.getvalue()
 
 
-def _train_is_distributed() -> bool:
-    """Whether ``maskpipe train`` joins its ranks' process group (DDP, issue 17, on another
-    branch). Until it does, two ranks train the same run side by side and race on the files of
-    one folder, so a two-rank training from scratch can fail on either rank's write."""
-    import maskpipe
-
-    package = Path(maskpipe.__file__).parent
-    return any("init_process_group" in path.read_text() for path in package.rglob("*.py"))
-
-
-needs_ddp = pytest.mark.skipif(
-    not _train_is_distributed(),
-    reason="maskpipe train is not distributed yet (DDP, issue 17): two ranks would race on one folder",
-)
-
-
 @pytest.mark.slow
 @pytest.mark.integration
 def test_two_processes_publish_a_run_exactly_as_one_process_does(index_dir, tmp_path):
@@ -187,7 +165,6 @@ def test_two_processes_publish_a_run_exactly_as_one_process_does(index_dir, tmp_
         assert (tmp_path / "two" / name).read_bytes() == (tmp_path / "one" / name).read_bytes(), name
 
 
-@needs_ddp
 @pytest.mark.slow
 @pytest.mark.integration
 def test_two_processes_train_and_publish_the_model_artifact_as_one_process_does(index_dir, tmp_path):
@@ -218,7 +195,6 @@ def test_a_failing_maskpipe_train_fails_the_step_naming_the_rank_and_its_error(t
     assert "its last line: maskpipe train" in message and "error: " in message
 
 
-@needs_ddp
 @pytest.mark.slow
 @pytest.mark.integration
 def test_run_local_with_two_gpus_per_task_trains_every_task_as_two_ranks_on_the_cpu(tmp_path):
