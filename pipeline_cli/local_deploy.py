@@ -4,7 +4,7 @@ On a cluster the deploy step runs in the serving image (kserve SDK; kserve 0.21 
 pandas<3) and the other steps in the training image (pandas 3). Locally the same split holds:
 kfp.local's SubprocessRunner runs every step with this interpreter, so for the one step whose
 function is ``deploy_model`` the interpreter is swapped for the serving environment's
-(``$MASKPIPE_SERVE_PYTHON`` or ``.venv-serve``, ``make venv-serve``). The step then finds the
+(``$MASKPIPE_SERVE_PYTHON`` or ``.venv``, ``make venv``). The step then finds the
 Kubernetes API the way kubectl does outside a cluster: ``$KUBECONFIG`` or ``~/.kube/config``,
 and its current context's namespace unless ``deploy_namespace`` is given.
 
@@ -62,7 +62,7 @@ def deploy_python() -> str:
         return sys.executable
     raise MaskpipeError(
         f"run-local --deploy runs the deploy step with the kserve SDK, which is not installed here and "
-        f"there is no serving environment at {python}: run `make venv-serve` (or set {SERVE_PYTHON_ENV})"
+        f"there is no serving environment at {python}: run `make venv` (or set {SERVE_PYTHON_ENV})"
     )
 
 
