@@ -31,14 +31,18 @@ BENCHMARKS = Path(__file__).resolve().parent
 RESULTS_DIR = BENCHMARKS / "results"
 
 
+def results_path(script: str) -> Path:
+    """``benchmarks/results/<script>.md``: where a script's results go unless told otherwise."""
+    return RESULTS_DIR / f"{script}.md"
+
+
 def add_results_argument(parser: argparse.ArgumentParser, script: str, *, default: bool = True) -> None:
-    """``--results FILE``: where the run's results go (``benchmarks/results/<script>.md``;
-    with ``default=False``, no file unless asked)."""
-    path = RESULTS_DIR / f"{script}.md" if default else None
+    """``--results FILE``: where the run's results go (:func:`results_path`; with
+    ``default=False`` the script decides when ``--results`` is not given: it is None)."""
     parser.add_argument(
-        "--results", type=Path, default=path, metavar="FILE",
-        help="Markdown file the run's figures are written to, with the date, machine and command "
-        + (f"(default: benchmarks/results/{script}.md)" if default else "(default: none)"),
+        "--results", type=Path, default=results_path(script) if default else None, metavar="FILE",
+        help="Markdown file the run's figures are written to, with the date, machine and command line "
+        f"(default: benchmarks/results/{script}.md)",
     )
 
 

@@ -252,11 +252,13 @@ def inference_benchmark(monkeypatch):
 def test_benchmark_quick_run_prints_the_speedup_last(tmp_path, capsys, monkeypatch):
     code = inference_benchmark(monkeypatch).main(
         ["--quick", "--images", "6", "--batch-size", "4", "--workers", "0",
-         "--image-size", "96x128", "--input-size", "24x32", "--work-dir", str(tmp_path)]
+         "--image-size", "128x96", "--input-size", "32x24", "--work-dir", str(tmp_path),
+         "--results", str(tmp_path / "inference.md")]
     )  # fmt: skip
     lines = capsys.readouterr().out.strip().splitlines()
     assert code == 0
     assert lines[-1].startswith("inference speedup: ")
+    assert lines[-1] in (tmp_path / "inference.md").read_text()  # the run's results file
     # every path maskpipe infer offers stays in the table; the last line is the fastest one's
     for path in ("original per-image loop", "batched ensemble (torch)", "exported graph (onnx)", "exported graph int8 (onnx)"):
         assert any(line.startswith(f"{path}:") and "images/s" in line for line in lines), path
