@@ -390,7 +390,8 @@ def run(args: argparse.Namespace, work_dir: Path) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    return record(args.results, lambda: run_in_work_dir(lambda folder: run(args, folder), args.work_dir), argv)
+    return record(args.results, lambda: run_in_work_dir(lambda folder: run(args, folder), args.work_dir),
+                  script=__file__, argv=argv)  # fmt: skip
 
 
 if __name__ == "__main__":

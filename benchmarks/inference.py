@@ -347,7 +347,8 @@ def _rounds(seconds: list[float]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    return record(args.results, lambda: run_in_work_dir(lambda folder: run(args, folder), args.work_dir), argv)
+    return record(args.results, lambda: run_in_work_dir(lambda folder: run(args, folder), args.work_dir),
+                  script=__file__, argv=argv)  # fmt: skip
 
 
 if __name__ == "__main__":

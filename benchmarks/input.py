@@ -320,7 +320,8 @@ def report(args, cpu: int, n: int, original: Measured, ours: Measured, ours_pres
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    return record(args.results, lambda: run_in_work_dir(lambda folder: run(args, folder), args.work_dir), argv)
+    return record(args.results, lambda: run_in_work_dir(lambda folder: run(args, folder), args.work_dir),
+                  script=__file__, argv=argv)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     add_results_argument(parser, "presets_compare")
     args = parser.parse_args(argv)
-    return record(args.results, lambda: compare(args), argv)
+    return record(args.results, lambda: compare(args), script=__file__, argv=argv)
 
 
 def compare(args: argparse.Namespace) -> int:

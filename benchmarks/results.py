@@ -9,7 +9,7 @@ results file never holds the figure of a fallback.
     parser = argparse.ArgumentParser(...)
     add_results_argument(parser, "train")
     ...
-    return record(args.results, lambda: run_in_work_dir(...), argv)
+    return record(args.results, lambda: run_in_work_dir(...), script=__file__, argv=argv)
 """
 
 from __future__ import annotations
@@ -61,9 +61,10 @@ class _Tee(io.TextIOBase):
         self.stream.flush()
 
 
-def record(results: Path | None, run: Callable[[], int], argv: Sequence[str] | None = None) -> int:
+def record(results: Path | None, run: Callable[[], int], *, script: str, argv: Sequence[str] | None = None) -> int:
     """Call ``run()`` (which returns an exit status) with its stdout copied; on status 0 and a
-    ``results`` path, write the results file. Returns ``run()``'s status."""
+    ``results`` path, write the results file of ``script`` (the benchmark's ``__file__``) run
+    with ``argv`` (None: this process's arguments). Returns ``run()``'s status."""
     tee = _Tee(sys.stdout)
     sys.stdout = tee
     started = datetime.datetime.now(datetime.timezone.utc)
@@ -72,27 +73,27 @@ def record(results: Path | None, run: Callable[[], int], argv: Sequence[str] | N
     finally:
         sys.stdout = tee.stream
     if status == 0 and results is not None:
-        write_results(results, tee.copy.getvalue(), command_line(argv), started)
+        write_results(results, Path(script).name, tee.copy.getvalue(), command_line(script, argv), started)
         print(f"results written to {results}", file=sys.stderr)
     return status
 
 
-def command_line(argv: Sequence[str] | None = None) -> str:
-    """The command that ran this script, as it would be typed from the repository root."""
-    script = Path(sys.argv[0]).resolve()
+def command_line(script: str, argv: Sequence[str] | None = None) -> str:
+    """The command that runs ``script`` with ``argv``, as typed from the repository root."""
+    path = Path(script).resolve()
     try:
-        shown = script.relative_to(BENCHMARKS.parent)
+        shown = path.relative_to(BENCHMARKS.parent)
     except ValueError:
-        shown = script
+        shown = path
     args = sys.argv[1:] if argv is None else list(argv)
     return shlex.join(["python", str(shown), *args])
 
 
-def write_results(path: Path, output: str, command: str, started: datetime.datetime) -> None:
+def write_results(path: Path, script: str, output: str, command: str, started: datetime.datetime) -> None:
     rows = [("date", started.strftime("%Y-%m-%d %H:%M UTC")), ("command", f"`{command}`"), *machine().items()]
     text = "\n".join(
         [
-            f"# {Path(sys.argv[0]).name} results",
+            f"# {script} results",
             "",
             "Written by the script itself (benchmarks/results.py); run it again to replace this file.",
             "",

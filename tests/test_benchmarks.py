@@ -70,6 +70,19 @@ def test_image_size_is_height_by_width_as_the_pipelines_is(script, monkeypatch):
         bench.parse_args(["--image-size", "96"])
 
 
+@pytest.mark.parametrize("script", ["input", "train", "inference", "serve", "gpu"])
+def test_results_go_to_the_scripts_file_under_benchmarks_results_unless_told(script, monkeypatch, tmp_path):
+    bench = benchmark_module(script, monkeypatch)
+    assert bench.parse_args([]).results == BENCHMARKS / "results" / f"{script}.md"
+    assert bench.parse_args(["--results", str(tmp_path / "x.md")]).results == tmp_path / "x.md"
+
+
+def test_a_gpu_cpu_smoke_run_writes_no_results_file_unless_told(monkeypatch, tmp_path):
+    bench = benchmark_module("gpu", monkeypatch)
+    assert bench.parse_args(["--cpu-smoke"]).results is None
+    assert bench.parse_args(["--cpu-smoke", "--results", str(tmp_path / "x.md")]).results == tmp_path / "x.md"
+
+
 @integration
 @pytest.mark.timeout(SMOKE_TIMEOUT_S)
 def test_input_benchmark_prints_speedup_as_last_line_and_writes_its_results_file(tmp_path):

@@ -274,7 +274,7 @@ def test_benchmark_runs_given_checkpoints_on_a_data_roots_photos(
     code = inference_benchmark(monkeypatch).main(
         ["--quick", "--images", "6", "--batch-size", "4", "--workers", "0", "--data", str(eval_root),
          *(arg for task in TASKS for arg in (f"--{task}", str(serving_checkpoints[task]))),
-         "--calibration-images", "2", "--work-dir", str(tmp_path)]
+         "--calibration-images", "2", "--work-dir", str(tmp_path), "--results", str(tmp_path / "inference.md")]
     )  # fmt: skip
     captured = capsys.readouterr()
     out = captured.out
