@@ -20,8 +20,9 @@ from typing import Any, Dict, List, Optional, Tuple, get_type_hints
 
 from kfp import compiler, dsl, kubernetes
 
-from components import IMAGE, deploy_model, ensemble_infer, export_model, index_data, train_model
+from components import IMAGE, deploy_model, ensemble_infer, export_model, index_data, train_model, train_trainjob
 from components.image import serving_image
+from maskpipe.trainjob import TrainJobSettings
 
 PIPELINE_NAME = "maskpipe"
 TASKS = ("mask", "gender", "age")
@@ -34,6 +35,8 @@ DEFAULT_MINIO_ENDPOINT = "seaweedfs.kubeflow:9000"
 LEGACY_MINIO_ENDPOINT = "minio-service.kubeflow:9000"
 # Steps of STEP_TIMEOUTS / `--step-timeout STEP=...`.
 STEPS = ("index", "train", "export", "infer", "deploy")
+# How the training steps train: in their own pod (one GPU), or in a Kubeflow Trainer TrainJob.
+TRAINERS = ("pod", "kubeflow")
 
 
 def _param(help: str, default: Any = MISSING, *, flag: str = "", factory: Any = MISSING) -> Any:
@@ -164,6 +167,13 @@ class PipelineOptions:
     # ensemble-infer on the three checkpoints (export=false): torch on a GPU.
     infer_gpu_resources: Resources = Resources("4", "8", "16Gi", "24Gi", 6 * 3600)
     deploy_resources: Resources = Resources("100m", "500m", "256Mi", "512Mi", 1800)
+    # trainer="kubeflow": each training step creates a TrainJob of trainer_nodes nodes, each
+    # with trainer_gpus GPUs (None: `gpus`) and train_resources' limits, and only follows it.
+    trainer: str = "pod"
+    trainer_nodes: int = 1
+    trainer_gpus: Optional[int] = None
+    trainjob_poll_s: float = 5.0  # how often a training step reads its TrainJob's status
+    trainjob_step_resources: Resources = Resources("250m", "1", "2Gi", "4Gi", 24 * 3600 + 1800)
 
     def with_timeouts(self, timeouts: Dict[str, int]) -> "PipelineOptions":
         """These options with the pod deadline of each named step (``STEPS``) replaced."""
@@ -175,7 +185,22 @@ class PipelineOptions:
             fields = [f"{step}_resources"] + (["infer_gpu_resources"] if step == "infer" else [])
             for name in fields:
                 changes[name] = replace(getattr(self, name), timeout_s=seconds)
+        if "train" in timeouts:  # the TrainJob's deadline ends it first, with its own reason
+            changes["trainjob_step_resources"] = replace(self.trainjob_step_resources, timeout_s=timeouts["train"] + 1800)
         return replace(self, **changes)
+
+    def trainjob_settings(self) -> TrainJobSettings:
+        """The TrainJob each training step creates in trainer="kubeflow" mode."""
+        train = self.train_resources
+        return TrainJobSettings(
+            image=self.image, num_nodes=self.trainer_nodes,
+            gpus_per_node=self.gpus if self.trainer_gpus is None else self.trainer_gpus, gpu_type=self.gpu_type,
+            cpu_per_node=train.cpu_limit, memory_per_node=train.memory_limit, shm_size=self.shm_size,
+            timeout_s=train.timeout_s, secret_name=self.secret_name, access_key_key=self.access_key_key,
+            secret_key_key=self.secret_key_key, endpoint_secret_key=self.endpoint_secret_key,
+            minio_endpoint=self.minio_endpoint, minio_secure=self.minio_secure,
+            image_pull_secret=self.image_pull_secret, poll_s=self.trainjob_poll_s,
+        )  # fmt: skip
 
 
 LOCAL_OPTIONS = PipelineOptions(cluster=False, retries=0)
@@ -196,8 +221,13 @@ def make_pipeline(options: PipelineOptions = PipelineOptions()):
         _configure(index_task, options, options.index_resources, gpu=options.index_gpu)
 
         models = {}
+        if options.trainer not in TRAINERS:
+            raise ValueError(f"unknown trainer {options.trainer!r}; trainers: {', '.join(TRAINERS)}")
+        trainjob = options.trainer == "kubeflow"
+        train_component = train_trainjob if trainjob else train_model
+        extra = {"trainjob": options.trainjob_settings().to_dict()} if trainjob else {}
         for task in TASKS:
-            train_task = train_model(
+            train_task = train_component(
                 task=task,
                 index=index_task.outputs["index"],
                 preset=p.preset,
@@ -210,9 +240,13 @@ def make_pipeline(options: PipelineOptions = PipelineOptions()):
                 overrides=p.overrides,
                 resume_bucket=p.resume_bucket,
                 run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+                **extra,
             )
             train_task.set_display_name(f"train-{task}")
-            _configure(train_task, options, options.train_resources, gpu=True, shm=True)
+            if trainjob:  # the step only creates and follows its TrainJob: no GPU, no /dev/shm
+                _configure(train_task, options, options.trainjob_step_resources, gpu=False)
+            else:
+                _configure(train_task, options, options.train_resources, gpu=True, shm=True)
             if options.retries > 0:
                 train_task.set_retry(
                     num_retries=options.retries,

@@ -48,6 +48,7 @@ import numpy as np
 from inference import write_checkpoints, write_images
 from original_recipe import BenchmarkError, run_in_work_dir
 from results import add_results_argument, record
+from serve_client import ServerProcess, drive, serving_python, v1_body
 
 from PIL import Image
 
@@ -55,7 +56,6 @@ from maskpipe.cli_args import height_by_width
 from maskpipe.ensemble import classes_from_probs, predict_probs
 from maskpipe.export import export_model
 from maskpipe.runtime import open_backend
-from maskpipe.serve_client import ServerProcess, drive, serving_python, v1_body
 
 REPO = Path(__file__).resolve().parents[1]
 GOAL_SCALING = 3.0

@@ -11,5 +11,7 @@ from components.export_model import export_model
 from components.image import IMAGE, SERVE_IMAGE
 from components.index_data import index_data
 from components.train_model import train_model
+from components.train_trainjob import train_trainjob
 
-__all__ = ["IMAGE", "SERVE_IMAGE", "deploy_model", "ensemble_infer", "export_model", "index_data", "train_model"]
+__all__ = ["IMAGE", "SERVE_IMAGE", "deploy_model", "ensemble_infer", "export_model", "index_data", "train_model",
+           "train_trainjob"]

@@ -104,8 +104,10 @@ def save_checkpoint(
     config: Config,
     epoch: int,
     metrics: dict[str, Any],
+    config_note: str = "",
 ) -> None:
-    """Write ``model.safetensors``, ``config.yaml`` and ``checkpoint.json`` into ``out_dir``.
+    """Write ``model.safetensors``, ``config.yaml`` and ``checkpoint.json`` into ``out_dir``;
+    ``config_note`` (YAML comment lines) ends ``config.yaml``.
 
     Each file is written atomically. The weights go first to ``model.safetensors.pending``;
     ``checkpoint.json``, which records their sha256, is the commit point; then the pending
@@ -124,7 +126,7 @@ def save_checkpoint(
     pending = out_dir / PENDING_WEIGHTS_FILE
     with atomic_path(pending) as tmp:
         save_file(cpu_state_dict(model), str(tmp), metadata={"format": "pt", "task": task})
-    write_text(out_dir / CONFIG_FILE, config.to_yaml())
+    write_text(out_dir / CONFIG_FILE, config.to_yaml() + config_note)
     write_json(out_dir / META_FILE, _build_meta(task, config, epoch, metrics, pending))
     os.replace(pending, out_dir / WEIGHTS_FILE)
 

@@ -13,15 +13,7 @@ import sys
 from pathlib import Path
 
 from maskpipe import __version__
-from maskpipe.cli_args import (
-    OneLineParser,
-    check_can_listen,
-    height_by_width,
-    model_name,
-    number,
-    port,
-    whole_number,
-)
+from maskpipe.cli_args import OneLineParser, height_by_width, model_name, number, port, whole_number
 
 
 class UserError(Exception):
@@ -64,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train one task model")
     p.add_argument("--task", required=True, choices=["mask", "gender", "age"])
-    p.add_argument("--index", type=Path, required=True)
+    p.add_argument("--index", required=True, help="index.parquet: a path, or s3://bucket/key/index.parquet")
     p.add_argument("--out", type=Path, required=True, help="checkpoint folder (resumed if present)")
     _config_args(p)
     p.add_argument("--resume-uri", help="s3://bucket/key/ where resume state is mirrored")
@@ -117,31 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_cmd_export)
 
-    p = sub.add_parser("serve", help="serve an exported model over HTTP (KServe v1 and v2 protocols)")
-    p.add_argument("model_dir", type=Path)
-    p.add_argument("--port", type=port, default=8080, help="port to listen on, 1-65535 (default 8080)")
-    p.add_argument("--host", default="0.0.0.0", help="address to listen on (default all)")
-    p.add_argument("--backend", choices=["onnx", "torch"], default="onnx")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="torch backend only")
-    p.add_argument("--name", type=model_name, default="maskpipe", help="model name in the URLs")
-    p.add_argument("--max-batch", type=whole_number(1), default=32, help="most images in one request")
-    p.add_argument("--max-body-mb", type=number(above=0), default=20.0, help="largest request body")
-    p.add_argument("--batch-wait-ms", type=number(at_least=0), default=2.0, help="how long to gather concurrent requests into one batch")
-    p.add_argument(
-        "--memory-limit-mb", type=number(above=0),
-        help="the memory the decoding budgets are sized to (default: the cgroup's memory.max, "
-        "else what the deploy step gives the predictor)",
-    )  # fmt: skip
-    p.add_argument("--request-megapixels", type=number(above=0), default=48.0, help="most decoded pixels in one request")
-    p.add_argument(
-        "--enable-model-repository", action="store_true",
-        help="also answer KServe's /v2/repository load/unload endpoints (off: anyone reaching the port could unload the model)",
-    )  # fmt: skip
-    p.add_argument(
-        "--auth-token-file", type=Path, default=os.environ.get("MASKPIPE_SERVE_AUTH_TOKEN_FILE") or None,
-        help="file holding a bearer token every request but the health probes must carry "
-        "(default $MASKPIPE_SERVE_AUTH_TOKEN_FILE; none: no token)",
-    )  # fmt: skip
+    # Its flags are KServe's and maskpipe's (serve_parser): parsed by that parser alone, which
+    # imports kserve; this entry only lists the command, so `maskpipe --help` stays instant.
+    p = sub.add_parser("serve", add_help=False, help="serve an exported model over HTTP (KServe v1 and v2 protocols)")
     p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser("evaluate", help="score submission.csv against a truth CSV")
@@ -224,16 +194,31 @@ def _cmd_train(args: argparse.Namespace) -> None:
     result = train_task(
         config,
         args.task,
-        args.index,
+        _local_index(args.index, args.cache_dir),
         args.out,
         resume_uri=args.resume_uri,
         cache_dir=args.cache_dir,
     )
+    from maskpipe.distributed import is_main
+
+    if not is_main():  # under torchrun rank 0 reports (and wrote every file)
+        return
     print(result.summary())
     from maskpipe.reports import write_train_report
 
     html = write_train_report(args.out, args.html or args.out / "report.html", cache_dir=args.cache_dir)
     print(f"report: {html}")
+
+
+def _local_index(index: str, cache_dir: Path | None) -> Path:
+    """``--index`` as a local file: an ``s3://`` one is downloaded into the cache first (what a
+    Kubeflow Trainer node, which does not see the step's files, is given)."""
+    from maskpipe import storage
+
+    if not storage.is_s3(index):
+        return Path(index)
+    root, _, name = index.rstrip("/").rpartition("/")
+    return storage.localize(root, [name], cache_dir=cache_dir)[0]
 
 
 def _cmd_infer(args: argparse.Namespace) -> None:
@@ -300,13 +285,84 @@ def _cmd_export(args: argparse.Namespace) -> None:
     )
 
 
-def _cmd_serve(args: argparse.Namespace) -> None:
-    # Before the model is opened and KServe starts (which would log "Application startup
-    # complete" and then fail to bind): the address, then the folder and its card.
-    check_can_listen(args.host, args.port)
-    from maskpipe.model_card import read_model_dir
+def serve_parser() -> argparse.ArgumentParser:
+    """`maskpipe serve`'s flags: KServe's own (``kserve.model_server.parser``, as KServe's
+    predictors take them) and maskpipe's. ``--port`` and ``--name`` are the older spellings of
+    KServe's ``--http_port`` and ``--model_name``, kept for the InferenceServices deployed with
+    them.
 
-    read_model_dir(args.model_dir, verify=False)  # serve() verifies every file's sha256
+    Raises:
+        UserError: kserve is not installed here.
+    """
+    try:
+        from maskpipe.serve_server import kserve_parser
+    except ImportError as exc:
+        raise UserError(
+            f"maskpipe serve needs the serving environment ({exc}): install it with "
+            "`pip install -e '.[serve]'` (`make venv` does), or use the serving image "
+            "docker/Dockerfile.serve"
+        ) from None
+    p = OneLineParser(
+        prog="maskpipe serve", parents=[kserve_parser()],
+        description="Serve an exported model over HTTP (KServe v1 and v2 protocols). KServe's flags "
+        "come first; the options of maskpipe serve follow them.",
+    )  # fmt: skip
+    # KServe's defaults where maskpipe serve's differ: its model name, and REST only.
+    p.set_defaults(model_name="maskpipe", enable_grpc=False)
+    p.add_argument("model_dir", type=Path)
+    own = p.add_argument_group("maskpipe serve")
+    own.add_argument("--port", dest="http_port", type=port, default=argparse.SUPPRESS, help="the same as --http_port")
+    own.add_argument("--name", dest="model_name", type=model_name, default=argparse.SUPPRESS, help="the same as --model_name")
+    own.add_argument("--host", default="0.0.0.0", help="address to listen on (default all)")
+    own.add_argument("--backend", choices=["onnx", "torch"], default="onnx")
+    own.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="torch backend only")
+    own.add_argument("--max-batch", type=whole_number(1), default=32, help="most images in one request")
+    own.add_argument("--max-body-mb", type=number(above=0), default=20.0, help="largest request body")
+    own.add_argument("--batch-wait-ms", type=number(at_least=0), default=2.0, help="how long to gather concurrent requests into one batch")
+    own.add_argument(
+        "--memory-limit-mb", type=number(above=0),
+        help="the memory the decoding budgets are sized to (default: the cgroup's memory.max, "
+        "else what the deploy step gives the predictor)",
+    )  # fmt: skip
+    own.add_argument("--request-megapixels", type=number(above=0), default=48.0, help="most decoded pixels in one request")
+    own.add_argument(
+        "--enable-model-repository", action="store_true",
+        help="also answer KServe's /v2/repository load/unload endpoints (off: anyone reaching the port could unload the model)",
+    )  # fmt: skip
+    own.add_argument(
+        "--auth-token-file", type=Path, default=os.environ.get("MASKPIPE_SERVE_AUTH_TOKEN_FILE") or None,
+        help="file holding a bearer token every request but the health probes must carry "
+        "(default $MASKPIPE_SERVE_AUTH_TOKEN_FILE; none: no token)",
+    )  # fmt: skip
+    return p
+
+
+def parse_serve_args(argv: list[str]) -> argparse.Namespace:
+    """`maskpipe serve`'s flags, with KServe's values checked as maskpipe's are: a bad one exits
+    2 with one line (a port out of range, a name no URL can hold, what maskpipe serve does not do)."""
+    parser = serve_parser()
+    args = parser.parse_args(argv)
+    for flag, check in (("--http_port", port), ("--model_name", model_name)):
+        try:
+            check(str(getattr(args, flag[2:])))
+        except argparse.ArgumentTypeError as exc:
+            parser.error(f"argument {flag}: {exc}")
+    if args.workers != 1:
+        parser.error(
+            f"argument --workers: maskpipe serve runs one server process (its batching and decode "
+            f"budgets are per process), not {args.workers}: drop --workers, and run more replicas"
+        )
+    if args.enable_grpc:
+        parser.error("argument --enable_grpc: maskpipe serve answers REST (v1 and v2) only: drop --enable_grpc")
+    if args.enable_docs_url:
+        parser.error(
+            "argument --enable_docs_url: maskpipe serve has no Swagger UI; its OpenAPI document is "
+            "GET /openapi.json: drop --enable_docs_url"
+        )
+    return args
+
+
+def _cmd_serve(args: argparse.Namespace) -> None:
     from maskpipe.serve_limits import ServeLimits
 
     max_body_bytes = int(args.max_body_mb * 1024 * 1024)
@@ -317,25 +373,14 @@ def _cmd_serve(args: argparse.Namespace) -> None:
         memory_limit_bytes=None if args.memory_limit_mb is None else int(args.memory_limit_mb * 1024 * 1024),
     )  # fmt: skip
     token = _read_token(args.auth_token_file) if args.auth_token_file else None
-    # kserve parses the process's command line when it is imported; ours is not for it.
-    sys.argv = sys.argv[:1]
-    try:
-        from maskpipe.serve import ServeOptions, serve
-    except ImportError as exc:
-        raise UserError(
-            f"maskpipe serve needs the serving environment ({exc}): install it with "
-            "`pip install -e '.[serve]'` (`make venv` does), or use the serving image "
-            "docker/Dockerfile.serve"
-        ) from None
+    from maskpipe.serve import ServeOptions, serve
 
-    serve(
-        args.model_dir,
-        ServeOptions(
-            name=args.name, host=args.host, port=args.port, backend=args.backend, device=args.device,
-            batch_wait_s=args.batch_wait_ms / 1000, limits=limits,
-            enable_model_repository=args.enable_model_repository, auth_token=token,
-        ),
-    )
+    options = ServeOptions(
+        name=args.model_name, host=args.host, backend=args.backend, device=args.device,
+        batch_wait_s=args.batch_wait_ms / 1000, limits=limits,
+        enable_model_repository=args.enable_model_repository, auth_token=token,
+    )  # fmt: skip
+    serve(args.model_dir, options, args)
 
 
 def _read_token(path: Path) -> str:
@@ -363,22 +408,48 @@ def _cmd_upload(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
+    args, unknown = parser.parse_known_args(argv)
+    from maskpipe.distributed import world_from_env
     from maskpipe.errors import MaskpipeError
 
+    command = " ".join(filter(None, (args.command, getattr(args, "data_command", None))))
     try:
+        world = world_from_env()
+    except MaskpipeError as exc:
+        print(f"maskpipe {command}: error: {exc}", file=sys.stderr)
+        return 2
+    if world.distributed:
+        command = f"{command} ({world.label()})"
+    _configure_logging(args.verbose, world)
+
+    try:
+        if args.command == "serve":  # its flags are for its own parser (KServe's and maskpipe's)
+            args = argparse.Namespace(**vars(args), **vars(parse_serve_args(argv[argv.index("serve") + 1 :])))
+        elif unknown:
+            parser.parse_args(argv)  # argparse's one line naming the flags it does not know (exit 2)
         args.func(args)
     except (MaskpipeError, UserError) as exc:
-        command = " ".join(filter(None, (args.command, getattr(args, "data_command", None))))
         print(f"maskpipe {command}: error: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def _configure_logging(verbose: bool, world) -> None:
+    level, prefix = logging.DEBUG if verbose else logging.INFO, ""
+    if world.distributed:
+        # Under torchrun: every line names its rank; ranks other than 0 speak only when
+        # something is wrong (rank 0 reports the run), and draw no progress bars.
+        prefix = f"[rank {world.rank}] "
+        if not world.is_main:
+            level = logging.DEBUG if verbose else logging.WARNING
+            os.environ.setdefault("MASKPIPE_PROGRESS", "off")
+    logging.basicConfig(
+        level=level,
+        format=f"%(asctime)s {prefix}%(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -95,6 +95,13 @@ class TrainConfig:
     channels_last: bool = True  # on CUDA; ignored on CPU unless forced
     seed: int = 42
     device: str = "auto"  # "auto", "cpu", "cuda"
+    # Under torchrun the effective batch is batch_size x world size x grad_accum; the learning
+    # rate follows it: "linear" (train.lr x world size), "sqrt" (x its square root) or "none".
+    # train.lr is the rate of one process; one process trains with it unchanged.
+    lr_scaling: str = "linear"
+    # Under torchrun on GPUs: BatchNorm statistics over every rank's batch (SyncBatchNorm)
+    # instead of each rank's own. Ignored by one process, and on the CPU (DDP runs it on GPUs only).
+    sync_batchnorm: bool = False
 
 
 @dataclass
@@ -275,6 +282,7 @@ SAMPLERS = ("weighted", "shuffle")
 SELECT_BY = ("val_f1", "train_acc", "last")
 AUGMENTS = ("original", "fast")
 DEVICES = ("auto", "cpu", "cuda")
+LR_SCALINGS = ("linear", "sqrt", "none")
 
 
 def validate(config: Config) -> None:
@@ -287,6 +295,7 @@ def validate(config: Config) -> None:
     for name in d.augs:
         _choice("data.augs entry", name, AUG_NAMES)
     _choice("train.device", t.device, DEVICES)
+    _choice("train.lr_scaling", t.lr_scaling, LR_SCALINGS)
     for task, sampler in t.sampler.items():
         _choice("train.sampler keys", task, TASKS)
         _choice(f"train.sampler.{task}", sampler, SAMPLERS)

@@ -141,7 +141,7 @@ def build_inference_service(
     container = client.V1Container(
         name="kserve-container",
         image=image,
-        args=[MODEL_MOUNT, "--port", str(SERVING_PORT), "--name", name, "--max-batch", str(max_batch)],
+        args=[MODEL_MOUNT, "--http_port", str(SERVING_PORT), "--model_name", name, "--max-batch", str(max_batch)],
         env=[client.V1EnvVar(name="STORAGE_URI", value=storage_uri(model_uri))],
         ports=[client.V1ContainerPort(container_port=SERVING_PORT, protocol="TCP")],
         resources=_resources(cpu, memory),

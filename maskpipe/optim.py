@@ -20,13 +20,28 @@ from maskpipe.config import Config
 log = logging.getLogger(__name__)
 
 
-def make_optimizer(model: torch.nn.Module, config: Config) -> torch.optim.Optimizer:
-    """``train.optimizer`` over every parameter of ``model``, with ``train.lr`` and ``train.weight_decay``."""
+def scaled_lr(config: Config, world_size: int) -> float:
+    """The learning rate of a world of ``world_size`` processes: ``train.lr`` (one process's)
+    scaled as ``train.lr_scaling`` says with the effective batch (see :func:`effective_batch`)."""
     t = config.train
+    factor = {"linear": world_size, "sqrt": math.sqrt(world_size), "none": 1}[t.lr_scaling]
+    return t.lr * factor if world_size > 1 else t.lr
+
+
+def effective_batch(config: Config, world_size: int) -> int:
+    """Images per optimizer step: ``batch_size x world_size x grad_accum``."""
+    return config.train.batch_size * world_size * config.train.grad_accum
+
+
+def make_optimizer(model: torch.nn.Module, config: Config, lr: float | None = None) -> torch.optim.Optimizer:
+    """``train.optimizer`` over every parameter of ``model``, with ``lr`` (default ``train.lr``)
+    and ``train.weight_decay``."""
+    t = config.train
+    lr = t.lr if lr is None else lr
     if t.optimizer == "adamp":
         from adamp import AdamP
 
-        return AdamP(model.parameters(), lr=t.lr, betas=(0.9, 0.999), weight_decay=t.weight_decay)
+        return AdamP(model.parameters(), lr=lr, betas=(0.9, 0.999), weight_decay=t.weight_decay)
     options = {
         "timm_adamp": ("adamp", {"betas": (0.9, 0.999), "wd_ratio": 0.1, "nesterov": False}),
         "adamw": ("adamw", {}),
@@ -38,14 +53,15 @@ def make_optimizer(model: torch.nn.Module, config: Config) -> torch.optim.Optimi
 
     name, extra = options[t.optimizer]
     return create_optimizer_v2(
-        model, name, lr=t.lr, weight_decay=t.weight_decay, filter_bias_and_bn=False, **extra
+        model, name, lr=lr, weight_decay=t.weight_decay, filter_bias_and_bn=False, **extra
     )
 
 
 def make_scheduler(
-    optimizer: torch.optim.Optimizer, config: Config, steps_per_epoch: int
+    optimizer: torch.optim.Optimizer, config: Config, steps_per_epoch: int, lr: float | None = None
 ) -> torch.optim.lr_scheduler.LRScheduler:
-    """Every schedule steps once per optimizer step (so grad accumulation is accounted for)."""
+    """Every schedule steps once per optimizer step (so grad accumulation is accounted for);
+    ``lr`` (default ``train.lr``) is one-cycle's peak."""
     from torch.optim import lr_scheduler
 
     t = config.train
@@ -61,7 +77,7 @@ def make_scheduler(
             # one-step ramp. A run this short gets the nearest well-defined curve instead.
             log.info("onecycle needs more than %d optimizer steps to warm up; using cosine", total)
             return lr_scheduler.LambdaLR(optimizer, _CosineWithWarmup(warmup, total))
-        return lr_scheduler.OneCycleLR(optimizer, max_lr=t.lr, total_steps=total, pct_start=up_steps / total)
+        return lr_scheduler.OneCycleLR(optimizer, max_lr=t.lr if lr is None else lr, total_steps=total, pct_start=up_steps / total)
     if t.scheduler == "cosine":
         return lr_scheduler.LambdaLR(optimizer, _CosineWithWarmup(warmup, total))
     if t.scheduler == "constant":

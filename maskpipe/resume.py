@@ -84,6 +84,9 @@ def check_compatible(state: dict[str, Any], config: Config, task: str, out_dir: 
             f"another --out folder for {task}"
         )
     saved, current = dict(flatten(state["config"])), dict(flatten(config.to_dict()))
+    # A key added after the state was saved (train.lr_scaling, ...) had its default then.
+    for key, value in flatten(Config().to_dict()):
+        saved.setdefault(key, value)
     changed = [
         f"{key}: {saved.get(key)!r} -> {current.get(key)!r}"
         for key in sorted(set(saved) | set(current))
@@ -142,6 +145,15 @@ def restore_run(run: _Run, state: dict[str, Any]) -> int:
             for _ in range(run.epoch * run.steps_per_epoch):
                 run.scheduler.step()
     set_rng_state(state["rng"], run.generator)
+    rank_rngs = state.get("rank_rng") or []
+    if run.world.distributed:
+        if len(rank_rngs) == run.world.size:
+            set_rng_state(rank_rngs[run.world.rank], run.generator)
+        elif not run.world.is_main:
+            # Another world size saved this state: the other ranks start fresh streams of
+            # their own (rank 0 continues the saved one).
+            seed_everything(run.config.train.seed + run.world.rank + 7919 * run.epoch)
+            run.generator.manual_seed(run.config.train.seed + run.world.rank + 7919 * run.epoch)
     run.best_score = float(state["best_score"])
     run.best_epoch = int(state["best_epoch"])
     run.best_metrics = dict(state["best_metrics"])

@@ -26,21 +26,25 @@ line, and the next request is served as usual.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-from kserve import Model, ModelServer
+
+# First, before any other kserve import: kserve.model_server parses sys.argv when imported.
+from maskpipe.serve_server import model_server  # isort: skip
+from kserve import Model
 from kserve.errors import InvalidInput
 from kserve.model_repository import ModelRepository
 
+from maskpipe.cli_args import check_can_listen
 from maskpipe.data.images import ImageDecodeError
-from maskpipe.model_card import OUTPUT_NAMES
+from maskpipe.model_card import OUTPUT_NAMES, read_model_dir
 from maskpipe.quantize import int8_or_fp32_here
 from maskpipe.backend import Backend
 from maskpipe.runtime import answers, open_backend
@@ -50,16 +54,12 @@ log = logging.getLogger(__name__)
 
 # Response header: how many images the forward pass that answered this request held.
 BATCH_HEADER = "x-maskpipe-batch-images"
-# The kserve release _Server's reach past the public API was checked against
-# (tests/test_serve_app.py fails when the installed kserve differs).
-KSERVE_CHECKED = "0.21.0"
 
 
 @dataclass(frozen=True)
 class ServeOptions:
     name: str = "maskpipe"
     host: str = "0.0.0.0"
-    port: int = 8080
     backend: str = "onnx"
     device: str = "auto"
     batch_wait_s: float = 0.002
@@ -301,49 +301,33 @@ class _BodyTooLarge(Exception):
     pass
 
 
-class _Server(ModelServer):
-    """KServe's ModelServer listening on ``host``.
+def serve(model_dir: str | Path, options: ServeOptions, server_flags: argparse.Namespace) -> None:
+    """Check the address and the model folder, open the backend and serve until SIGTERM/SIGINT.
 
-    The one reach past KServe's public API (checked against :data:`KSERVE_CHECKED`): 0.21's
-    ``RESTServer`` binds 0.0.0.0 with no setting for the address, so the address is set on its
-    uvicorn config between the server's creation and its bind (``setup_event_loop``).
+    ``server_flags`` holds the values of KServe's own flags (:mod:`maskpipe.serve_server`).
     """
-
-    def __init__(self, host: str, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self._host = host
-
-    def setup_event_loop(self) -> None:
-        rest = getattr(self, "_rest_server", None)
-        if rest is None or not hasattr(rest, "config"):
-            raise RuntimeError(
-                f"kserve's ModelServer no longer has the _rest_server.config this predictor sets the "
-                f"listen address on (checked against kserve {KSERVE_CHECKED}); update maskpipe.serve._Server"
-            )
-        rest.config.host = self._host
-        super().setup_event_loop()
-
-
-def serve(model_dir: str | Path, options: ServeOptions) -> None:
-    """Verify the model folder, open the backend and serve until SIGTERM/SIGINT."""
     from kserve.model_server import app
 
     from maskpipe.serve_app import install
 
+    repository = ModelRepository()
+    server = model_server(server_flags, options.host, registered_models=repository)
+    # Before the model is opened and KServe starts (which would log "Application startup
+    # complete" and then fail to bind): the address, then the folder and its card.
+    check_can_listen(options.host, server.http_port)
+    read_model_dir(model_dir, verify=False)  # open_backend verifies every file's sha256
     backend = open_backend(model_dir, options.backend, device=options.device)
     backend = int8_or_fp32_here(backend)  # int8 only where it holds its agreement on this CPU
     budgets = options.limits.resolve(resident_bytes())  # LimitsError (exit 2) when they cannot hold
     install_limits(app, options.limits)  # admission: innermost of the three middlewares
     model = EnsembleModel(backend, options, DecodeGate(budgets, backend.card.view))
     model.load()
-    repository = ModelRepository()
     app.add_middleware(BodyLimit, max_bytes=options.max_body_bytes)  # 413 before admission
     install(app, model, repository, options)  # its guard goes outermost: refused before read
     log.info(
         "serving %s (%s backend, input %s, TTA %s) as %r on %s:%d",
         backend.card.folder, backend.name, backend.card.input_size, backend.card.tta,
-        options.name, options.host, options.port,
+        options.name, options.host, server.http_port,
     )  # fmt: skip
     log.info("limits: %s", budgets.summary())
-    server = _Server(options.host, http_port=options.port, enable_grpc=False, workers=1, registered_models=repository)
     server.start([model])

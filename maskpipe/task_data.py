@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from maskpipe.config import Config
+from maskpipe.distributed import World, shard
 from maskpipe.errors import TrainingError
 from maskpipe.labels import NUM_CLASSES
 
@@ -87,8 +88,12 @@ def build_task_data(
     device: torch.device,
     generator: torch.Generator,
     cache_dir: str | Path | None,
+    *,
+    world: World | None = None,
 ) -> TaskData:
-    """Index rows -> labels -> image sources -> datasets -> loaders, for one task."""
+    """Index rows -> labels -> image sources -> datasets -> loaders, for one task; in a
+    ``world`` of several processes, this rank's share of the training draw and of the
+    validation images (rows ``rank, rank + W, ...``; the review keeps all of them)."""
     from maskpipe.data.cache import DiskImages, decoded_images
     from maskpipe.data.datasets import (
         ImageDataset,
@@ -99,11 +104,12 @@ def build_task_data(
         train_labels,
     )
     from maskpipe.data.index import read_index
-    from maskpipe.data.samplers import make_sampler
+    from maskpipe.data.samplers import ShardedDraw, make_sampler
     from maskpipe.data import transforms
     from maskpipe.storage import localize
 
     d, t = config.data, config.train
+    world = world or World()
     frame, data_root = read_index(index_path)
     frame = frame.reset_index(drop=True)
     train_rows = np.flatnonzero((frame["split"] == "train").to_numpy()) if d.use_val_split else np.arange(len(frame))
@@ -135,10 +141,16 @@ def build_task_data(
             d.crop_size, d.input_size, d.mean, d.std, d.augs
         )
         train_source = Subset(DiskImages(paths), train_rows)
-    train_transform.set_random_seed(t.seed)
-    workers = default_num_workers(d.num_workers)
+    train_transform.set_random_seed(t.seed + world.rank)
+    workers = default_num_workers(d.num_workers, share=world.local_size)
     train_set = ImageDataset(train_source, labels[train_rows], train_transform)
-    sampler = make_sampler(labels[train_rows], NUM_CLASSES[task], t.sampler.get(task, "shuffle"), generator)
+    kind = t.sampler.get(task, "shuffle")
+    if world.distributed:
+        sampler = ShardedDraw(
+            labels[train_rows], NUM_CLASSES[task], kind, rank=world.rank, world_size=world.size, seed=t.seed
+        )  # fmt: skip
+    else:
+        sampler = make_sampler(labels[train_rows], NUM_CLASSES[task], kind, generator)
     train_loader = make_loader(
         train_set, batch_size=t.batch_size, train=True, num_workers=workers, device=device,
         generator=generator, sampler=sampler,
@@ -152,7 +164,7 @@ def build_task_data(
 
     val_loader = None
     if len(val_rows):
-        val_loader = eval_loader(val_rows)
+        val_loader = eval_loader(shard(val_rows, world))
         review = Review("val", val_loader, val_rows, eval_labels[val_rows], frame["path"].tolist(), data_root)
     else:
         # Its own generators: reviewing must not move the random streams training draws from.

@@ -16,6 +16,7 @@ from pipeline_dag import (
     DEFAULT_SECRET,
     LEGACY_MINIO_ENDPOINT,
     STEPS,
+    TRAINERS,
     PipelineOptions,
     RunParameters,
     run_parameter_flag,
@@ -82,6 +83,9 @@ def options_from_args(args: argparse.Namespace) -> PipelineOptions:
         image_pull_secret=args.image_pull_secret,
         shm_size=args.shm_size,
         retries=args.retries,
+        trainer=args.trainer,
+        trainer_nodes=args.trainer_nodes,
+        trainer_gpus=args.trainer_gpus,
     )
     return options.with_timeouts(_parse_step_timeouts(args.step_timeout))
 
@@ -322,6 +326,15 @@ def cluster_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--step-timeout", action="append", default=[], metavar="STEP=DURATION",
                    help=f"pod deadline of a step ({', '.join(STEPS)} or all), e.g. train=12h, "
                    "repeatable (defaults: index 2h, train 24h, export 1h, infer 6h, deploy 30m)")
+    g.add_argument("--trainer", choices=TRAINERS, default="pod",
+                   help="where each training step trains: pod (its own pod, --gpus GPUs) or kubeflow "
+                   "(a Kubeflow Trainer TrainJob of --trainer-nodes nodes; needs Trainer v2 and "
+                   "k8s/trainer's Role: docs/cluster.md)")
+    g.add_argument("--trainer-nodes", type=whole_number(1), default=1,
+                   help="with --trainer kubeflow: nodes of each TrainJob (its num_nodes)")
+    g.add_argument("--trainer-gpus", type=whole_number(0), default=None,
+                   help="with --trainer kubeflow: GPUs of each TrainJob node, one process each "
+                   "(default: --gpus); cpu and memory per node are the train step's limits")
 
 
 def client_args(p: argparse.ArgumentParser) -> None:

@@ -16,12 +16,15 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import os
 import sys
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY_FUNCTION = "deploy_model"
+# The interpreter of the deploy step, when it is not ROOT/.venv's (`make venv`, with the serve extra).
+SERVE_PYTHON_ENV = "MASKPIPE_SERVE_PYTHON"
 
 
 def deploy_preflight(arguments: Dict[str, Any], image: Optional[str]) -> Optional[str]:
@@ -53,9 +56,8 @@ def deploy_preflight(arguments: Dict[str, Any], image: Optional[str]) -> Optiona
 def deploy_python() -> str:
     """The serving environment's interpreter; this one if kserve is installed here."""
     from maskpipe.errors import MaskpipeError
-    from maskpipe.serve_client import SERVE_PYTHON_ENV, serving_python
 
-    python = serving_python(ROOT)
+    python = Path(os.environ.get(SERVE_PYTHON_ENV) or ROOT / ".venv" / "bin" / "python")
     if python.exists():
         return str(python)
     if importlib.util.find_spec("kserve") is not None:

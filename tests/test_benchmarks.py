@@ -61,7 +61,7 @@ def benchmark_module(name: str, monkeypatch):
     return module
 
 
-@pytest.mark.parametrize("script", ["input", "train", "inference", "serve"])
+@pytest.mark.parametrize("script", ["input", "train", "inference", "serve", "ddp"])
 def test_image_size_is_height_by_width_as_the_pipelines_is(script, monkeypatch):
     bench = benchmark_module(script, monkeypatch)
     args = bench.parse_args(["--image-size", "128x96"])
@@ -70,7 +70,7 @@ def test_image_size_is_height_by_width_as_the_pipelines_is(script, monkeypatch):
         bench.parse_args(["--image-size", "96"])
 
 
-@pytest.mark.parametrize("script", ["input", "train", "inference", "serve", "gpu"])
+@pytest.mark.parametrize("script", ["input", "train", "inference", "serve", "gpu", "ddp"])
 def test_results_go_to_the_scripts_file_under_benchmarks_results_unless_told(script, monkeypatch, tmp_path):
     bench = benchmark_module(script, monkeypatch)
     assert bench.parse_args([]).results == BENCHMARKS / "results" / f"{script}.md"

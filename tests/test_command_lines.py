@@ -7,6 +7,7 @@ traceback.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -17,7 +18,7 @@ from pathlib import Path
 import pytest
 from datafactory import make_dataset
 
-from maskpipe.serve_client import free_port, serving_python
+from benchmarks.serve_client import free_port, serving_python
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -59,11 +60,36 @@ def serve(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
         (["--max-body-mb", "0"], "argument --max-body-mb: 0 is too small"),
         (["--batch-wait-ms", "-1"], "argument --batch-wait-ms: -1 is too small"),
         (["--name", "mask/pipe"], "'mask/pipe' cannot be a model name in URLs"),
+        (["--http_port", "70000"], "argument --http_port: port 70000 is out of range"),
+        (["--model_name", "mask/pipe"], "argument --model_name: 'mask/pipe' cannot be a model name in URLs"),
+        (["--workers", "2"], "argument --workers: maskpipe serve runs one server process"),
+        (["--enable_grpc", "true"], "argument --enable_grpc: maskpipe serve answers REST (v1 and v2) only"),
     ],
 )
 def test_serve_refuses_a_bad_flag_when_parsing_it(tmp_path, flags, named):
     line = one_error_line(serve(str(tmp_path), *flags), "maskpipe serve")
     assert named in line and "maskpipe serve --help" in line
+
+
+def test_serve_help_lists_kserves_flags_and_its_own():
+    result = serve("--help")
+    assert result.returncode == 0, result.stderr
+    kserve = ["--http_port", "--model_name", "--workers", "--timeout-keep-alive", "--enable_docs_url"]
+    own = ["--host", "--port", "--name", "--max-batch", "--auth-token-file", "--enable-model-repository"]
+    assert [flag for flag in kserve + own if flag not in result.stdout] == []
+
+
+def test_serve_takes_kserves_flags_and_the_older_spellings_of_two():
+    python = serving_python(REPO)
+    code = (
+        "import json, sys; from maskpipe.cli import parse_serve_args\n"
+        "a = [parse_serve_args(['m', *f.split()]) for f in sys.argv[1:]]\n"
+        "print(json.dumps([[x.http_port, x.model_name, x.timeout_keep_alive] for x in a]))"
+    )
+    result = run([str(python), "-c", code, "", "--http_port 9001 --model_name gate --timeout-keep-alive 7", "--port 9002 --name gate"])
+    assert result.returncode == 0, result.stderr
+    # maskpipe serve's defaults where they differ from KServe's (model, 8080 and 65): the model name
+    assert json.loads(result.stdout) == [[8080, "maskpipe", 65], [9001, "gate", 7], [9002, "gate", 65]]
 
 
 def test_serve_on_a_busy_port_says_so_before_it_opens_the_model(tmp_path):

@@ -32,8 +32,9 @@ from components.deploy_model import deploy_model
 from maskpipe.deploy import (
     DEFAULT_SERVICE_ACCOUNT, DEPLOYER_RBAC, MAX_SERVICE_NAME, MODEL_MOUNT, check_service_name, storage_uri,
 )  # fmt: skip
+from benchmarks.serve_client import ServerProcess, request, v1_body
 from maskpipe.errors import MaskpipeError
-from maskpipe.serve_client import SERVE_PYTHON_ENV, ServerProcess, request, v1_body
+from pipeline_cli.local_deploy import SERVE_PYTHON_ENV
 
 # the deploy step runs in the serving environment against a local Kubernetes API
 pytestmark = pytest.mark.integration
@@ -78,7 +79,7 @@ def test_inference_service_serves_the_exported_artifact_with_the_serving_image(b
     (container,) = predictor["containers"]
     assert container["name"] == "kserve-container" and container["image"] == "registry.local/maskpipe:abc-serve"
     assert container["env"] == [{"name": "STORAGE_URI", "value": "s3://mlpipeline/v2/artifacts/maskpipe/run-1/export-model/model"}]
-    assert container["args"][:2] == [MODEL_MOUNT, "--port"] and container["args"][container["args"].index("--name") + 1] == "gate"
+    assert container["args"][:2] == [MODEL_MOUNT, "--http_port"] and container["args"][container["args"].index("--model_name") + 1] == "gate"
     assert container["resources"]["requests"] and container["resources"]["limits"]
 
 
@@ -281,7 +282,7 @@ class KServeStandIn:
             assert env["STORAGE_URI"].startswith("file://"), env
             args = list(container["args"])
             assert args[0] == MODEL_MOUNT, args
-            port_at = args.index("--port")
+            port_at = args.index("--http_port")
             extra = args[1:port_at] + args[port_at + 2:]
             server = ServerProcess(env["STORAGE_URI"].removeprefix("file://"), python=serve_python(),
                                    log_path=self.log_dir / f"{meta['name']}.log", extra_args=extra)  # fmt: skip

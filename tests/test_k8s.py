@@ -169,6 +169,10 @@ def test_overlay_adds_only_what_serving_needs(rendered):
                 ("Secret", "maskpipe-serving-s3"), ("ServiceAccount", "maskpipe-serving")]  # fmt: skip
     if overlay == "standalone":
         expected.append(("Namespace", "maskpipe-serving"))
+    else:  # the runs' own namespace: what the training steps need in Trainer mode too
+        expected += [("Role", "maskpipe-trainer"), ("RoleBinding", "maskpipe-trainer"),
+                     ("ClusterRole", "maskpipe-trainer-runtimes"),
+                     ("ClusterRoleBinding", "maskpipe-trainer-runtimes-kubeflow-user-example-com")]  # fmt: skip
     assert kinds == sorted(expected)
 
 
@@ -178,7 +182,7 @@ def test_nothing_is_put_in_the_kubeflow_namespace(rendered):
     overlay, resources = rendered
     data = yaml.safe_load((K8S / "overlays" / overlay / "kustomization.yaml").read_text())
     assert data["namespace"] != "kubeflow"
-    namespaced = [r for r in resources if r["kind"] != "Namespace"]
+    namespaced = [r for r in resources if r["kind"] not in ("Namespace", "ClusterRole", "ClusterRoleBinding")]
     assert {r["metadata"]["namespace"] for r in namespaced} == {data["namespace"]}
 
 
@@ -204,6 +208,20 @@ def test_deploy_step_may_manage_inference_services_and_nothing_else(rendered):
     assert binding["subjects"] == [RUNNER[overlay]]
 
 
+def test_training_steps_may_use_trainjobs_in_the_profile_namespace_and_nothing_else(k8s_copy):
+    resources = render(k8s_copy / "overlays" / "profile")
+    rules = find(resources, "Role", "maskpipe-trainer")["rules"]
+    trainjobs = next(r for r in rules if r["resources"] == ["trainjobs"])
+    assert set(trainjobs["verbs"]) == {"get", "list", "watch", "create", "delete"}
+    assert {"get"} == set(next(r for r in rules if r["resources"] == ["pods/log"])["verbs"])
+    assert not any("update" in r["verbs"] or "patch" in r["verbs"] for r in rules)
+    (runtimes,) = find(resources, "ClusterRole", "maskpipe-trainer-runtimes")["rules"]
+    assert runtimes["resources"] == ["clustertrainingruntimes"] and set(runtimes["verbs"]) == {"get", "list"}
+    for kind in ("RoleBinding", "ClusterRoleBinding"):
+        (binding,) = [r for r in resources if r["kind"] == kind and "trainer" in r["metadata"]["name"]]
+        assert binding["subjects"] == [RUNNER["profile"]]
+
+
 def test_profile_binding_follows_the_namespace_line(tmp_path, k8s_copy):
     """Setting the profile overlay's `namespace:` (as docs/cluster.md says) moves everything,
     the RoleBinding's subject included."""
@@ -212,7 +230,9 @@ def test_profile_binding_follows_the_namespace_line(tmp_path, k8s_copy):
     path = overlay / "overlays" / "profile" / "kustomization.yaml"
     path.write_text(path.read_text().replace("namespace: kubeflow-user-example-com", "namespace: team-vision"))
     resources = render(overlay / "overlays" / "profile")
-    assert {r["metadata"]["namespace"] for r in resources} == {"team-vision"}
+    assert {r["metadata"]["namespace"] for r in resources if "namespace" in r["metadata"]} == {"team-vision"}
+    cluster_binding = next(r for r in resources if r["kind"] == "ClusterRoleBinding")
+    assert cluster_binding["subjects"][0]["namespace"] == "team-vision"
     assert find(resources, "RoleBinding", "maskpipe-deployer")["subjects"][0]["namespace"] == "team-vision"
 
 

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from benchmarks.serve_client import ServerProcess, request, serving_python, v1_body
 from maskpipe.cli import main
 from maskpipe.cpu import cpu_features
 from maskpipe.data.resize import decode_views
@@ -32,7 +33,6 @@ from maskpipe.quantize import (
     split_calibration,
 )
 from maskpipe.runtime import open_backend
-from maskpipe.serve_client import ServerProcess, request, serving_python, v1_body
 from cli_helpers import cli_error
 
 pytestmark = pytest.mark.one_torch_thread  # tiny models (tests/fixtures/threads.py)

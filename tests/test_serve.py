@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from fixtures.serving import MAX_BATCH, jpeg, serve_python
-from maskpipe.serve_client import drive, free_port, request, v1_body, v2_body
+from benchmarks.serve_client import drive, free_port, request, v1_body, v2_body
 
 MAX_BODY_MB = 20
 # every test starts maskpipe serve in the serving environment

@@ -1,19 +1,27 @@
 """The HTTP surface of `maskpipe serve` (maskpipe.serve_app): only a predictor's endpoints are
-reachable, readiness follows whether the model can answer, the optional bearer token, and the
-one reach past KServe's public API held to the kserve release it was checked against."""
+reachable, readiness follows whether the model can answer, the optional bearer token, KServe's
+own flags, and the reaches past KServe's public API held to one module and to the
+kserve release they were checked against."""
 
 from __future__ import annotations
 
+import ast
 import json
+import re
+import socket
 import subprocess
+import time
+from pathlib import Path
 
 import pytest
 
-from maskpipe.serve_client import free_port, request, v1_body, v2_body
+from benchmarks.serve_client import free_port, request, v1_body, v2_body
 from fixtures.serving import jpeg, serve_python
 
 # every test runs the serving environment, most start maskpipe serve
 pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _serve_env_json(code: str) -> object:
@@ -22,20 +30,83 @@ def _serve_env_json(code: str) -> object:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def test_the_installed_kserve_is_the_release_the_private_reach_was_checked_against():
-    # maskpipe.serve._Server sets the listen address on kserve's private _rest_server.config;
-    # a new kserve may move it: check, then update KSERVE_CHECKED.
+def test_the_installed_kserve_is_the_release_the_reaches_past_its_api_were_checked_against():
+    # maskpipe.serve_server hides sys.argv from kserve.model_server's import-time parse and writes
+    # the parsed flags into model_server.args (which ModelServer's constructor reads), and _Server
+    # sets the listen address on the private _rest_server.config. A new kserve may change either:
+    # check them, then update KSERVE_CHECKED.
     found = _serve_env_json(
-        "import sys, json; sys.argv = sys.argv[:1]\n"
+        "import json, inspect\n"
         "from importlib.metadata import version\n"
-        "import inspect, kserve.model_server as ms\n"
-        "from maskpipe.serve import KSERVE_CHECKED\n"
-        "source = inspect.getsource(ms.ModelServer)\n"
-        "print(json.dumps([version('kserve'), KSERVE_CHECKED, 'self._rest_server = RESTServer(' in source,"
-        " 'self.setup_event_loop()' in source]))"
+        "from maskpipe.serve_server import KSERVE_CHECKED\n"
+        "import kserve.model_server as ms\n"
+        "module, server = inspect.getsource(ms), inspect.getsource(ms.ModelServer)\n"
+        "print(json.dumps([version('kserve'), KSERVE_CHECKED, 'args, _ = parser.parse_known_args()' in module,"
+        " [n for n in ('configure_logging', 'log_config_file', 'predictor_host') if f'args.{n}' not in server],"
+        " 'self._rest_server = RESTServer(' in server, 'self.setup_event_loop()' in server]))"
     )
-    assert found[0] == found[1], f"kserve {found[0]} installed, maskpipe.serve checked against {found[1]}"
-    assert found[2] and found[3]
+    assert found[0] == found[1], f"kserve {found[0]} installed, maskpipe.serve_server checked against {found[1]}"
+    assert found[2], "kserve.model_server no longer parses sys.argv when imported"
+    assert found[3] == [], f"ModelServer no longer reads these from model_server.args: {found[3]}"
+    assert found[4] and found[5]
+
+
+def _private_reaches(path: Path, base_privates: dict[str, set[str]]) -> list[str]:
+    """Where ``path`` reaches a private name that is not its own: ``x._name`` or
+    ``getattr(x, "_name")`` on anything but ``self``/``cls``, and ``self._name`` in a class
+    where ``_name`` is a private name of its KServe base (``base_privates``: class -> names)."""
+    found = []
+    tree = ast.parse(path.read_text(), str(path))
+    for cls in [None, *(n for n in ast.walk(tree) if isinstance(n, ast.ClassDef))]:
+        inherited = base_privates.get(cls.name, set()) if cls else set()
+        for node in ast.walk(cls or tree):
+            if isinstance(node, ast.Attribute) and re.fullmatch(r"_[A-Za-z]\w*", node.attr):
+                own = isinstance(node.value, ast.Name) and node.value.id in ("self", "cls")
+                if (not own and cls is None) or (own and node.attr in inherited):
+                    found.append(f"{path.name}:{node.lineno} {ast.unparse(node)}")
+            elif isinstance(node, ast.Call) and getattr(node.func, "id", None) in ("getattr", "setattr", "hasattr"):
+                name = node.args[1] if len(node.args) > 1 else None
+                if cls is None and isinstance(name, ast.Constant) and re.fullmatch(r"_[A-Za-z]\w*", str(name.value)):
+                    found.append(f"{path.name}:{node.lineno} {ast.unparse(node)}")
+    return sorted(set(found))
+
+
+def test_only_serve_server_reaches_past_kserves_public_api():
+    # The private names of the KServe classes maskpipe's classes subclass (methods, class and
+    # instance attributes), from the serving environment.
+    base_privates = _serve_env_json(
+        "import inspect, json, re, sys\n"
+        "import maskpipe.serve_server, maskpipe.serve, maskpipe.serve_app, maskpipe.serve_limits\n"
+        "out = {}\n"
+        "for module in [m for n, m in list(sys.modules.items()) if n.startswith('maskpipe.')]:\n"
+        "    for cls in [c for c in vars(module).values() if inspect.isclass(c) and c.__module__ == module.__name__]:\n"
+        "        for base in [b for b in cls.__mro__ if b.__module__.startswith('kserve')]:\n"
+        "            names = {n for n in dir(base) if n.startswith('_') and not n.startswith('__')}\n"
+        "            names |= set(re.findall(r'self\\.(_[A-Za-z]\\w*)\\s*=', inspect.getsource(base)))\n"
+        "            out.setdefault(cls.__name__, []).extend(sorted(names))\n"
+        "print(json.dumps(out))"
+    )
+    base_privates = {name: set(names) for name, names in base_privates.items()}
+    assert "_rest_server" in base_privates["_Server"] and "_http_client" in base_privates["EnsembleModel"]
+    package = REPO / "maskpipe"
+    # The scan finds the one place's reach, so finding none elsewhere means something.
+    assert any("_rest_server" in r for r in _private_reaches(package / "serve_server.py", base_privates))
+    elsewhere = [r for path in sorted(package.rglob("*.py")) if path.name != "serve_server.py"
+                 for r in _private_reaches(path, base_privates) if "kserve" in path.read_text()]  # fmt: skip
+    assert elsewhere == [], f"reaches past KServe's public API outside maskpipe/serve_server.py: {elsewhere}"
+
+
+def test_kserve_flags_reach_its_model_server(start_server):
+    # --http_port (ServerProcess listens with it), --model_name and --timeout-keep-alive are
+    # KServe's own flags, taken as KServe's predictors take them.
+    with start_server("--model_name", "gate", "--timeout-keep-alive", "1") as server:
+        assert request(f"{server.url}/v1/models/gate:predict", v1_body([jpeg()])).status == 200
+        assert request(f"{server.url}/v1/models/maskpipe:predict", v1_body([jpeg()])).status == 404
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as connection:
+            connection.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert connection.recv(4096).startswith(b"HTTP/1.1 200")
+            time.sleep(2.5)  # past the 1 s keep-alive: the server has closed the idle connection
+            assert connection.recv(1) == b"", "the connection is still open: --timeout-keep-alive did not reach KServe"
 
 
 def test_every_route_kserve_registers_is_on_the_predictor_list_or_unreachable(start_server):

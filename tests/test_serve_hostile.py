@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from fixtures.serving import MAX_BATCH
-from maskpipe.serve_client import Reply, drive, v1_body, v2_body
+from benchmarks.serve_client import Reply, drive, v1_body, v2_body
 
 MAX_BODY_MB = 2
 # maskpipe serve under hostile requests

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from fixtures.images import run_in_image
 
-from maskpipe.serve_client import free_port, request, v1_body
+from benchmarks.serve_client import free_port, request, v1_body
 
 pytestmark = [pytest.mark.container, pytest.mark.timeout(2400)]
 

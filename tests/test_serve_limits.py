@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from benchmarks.serve_client import drive, free_port, request, v1_body
 from maskpipe.data.images import load_rgb
 from maskpipe.data.resize import crop_resize, decode_views, plan_decode
-from maskpipe.serve_client import drive, free_port, request, v1_body
 from maskpipe.serve_limits import MIB, LimitsError, ServeLimits
 
 VIEW = ((112, 84), (48, 36))  # the exported test model's crop and input size (conftest)

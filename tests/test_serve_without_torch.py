@@ -15,7 +15,7 @@ import os
 import pytest
 
 from fixtures.serving import MAX_BATCH, serve_python
-from maskpipe.serve_client import ServerProcess, request, v1_body
+from benchmarks.serve_client import ServerProcess, request, v1_body
 
 # starts maskpipe serve
 pytestmark = pytest.mark.integration

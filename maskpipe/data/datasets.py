@@ -84,11 +84,12 @@ class Subset(Dataset):
         return self.source[int(self.indices[i])]
 
 
-def default_num_workers(requested: int | None = None) -> int:
-    """``requested`` if given, else one fewer than the CPUs this process may use (max 8)."""
+def default_num_workers(requested: int | None = None, share: int = 1) -> int:
+    """``requested`` if given, else one fewer than this process's part of the CPUs (the CPUs it
+    may use, split among the ``share`` training processes of the node; max 8)."""
     if requested is not None:
         return requested
-    return max(0, min(8, default_workers() - 1))
+    return max(0, min(8, default_workers() // share - 1))
 
 
 def _seed_worker(worker_id: int) -> None:
@@ -122,7 +123,7 @@ def make_loader(
         pin_memory=device.type == "cuda",
         persistent_workers=num_workers > 0,
         # A last batch of one sample breaks BatchNorm in training mode.
-        drop_last=train and len(dataset) > batch_size,
+        drop_last=train and len(sampler if sampler is not None else dataset) > batch_size,
         generator=generator,
         worker_init_fn=_seed_worker if num_workers > 0 else None,
         prefetch_factor=4 if num_workers > 0 else None,

@@ -60,14 +60,82 @@ def train_step(
     state, which only the mirror keeps), write the HTML report; ``overrides`` as
     ``train_overrides`` builds them. Returns the model's metadata, metrics and confusion matrix."""
     from maskpipe.config import load_config
-    from maskpipe.reports import write_train_report
     from maskpipe.train import train_task
 
     config = load_config(preset, list(overrides))
     resume_uri = resume_uri_of(resume_bucket, run_id, task)
     checkpoint_dir = Path(checkpoint_dir)
     result = train_task(config, task, Path(index_dir) / "index.parquet", checkpoint_dir, resume_uri=resume_uri)
+    from maskpipe.distributed import is_main
+
+    if not is_main():  # under torchrun rank 0 wrote the checkpoint and reports it
+        return StepOutputs()
     print(result.summary())
+    return _publish(result, config, preset, checkpoint_dir, html_path)
+
+
+def trainjob_train_step(
+    task: str,
+    index_uri: str,
+    index_dir: Path,
+    model_uri: str,
+    checkpoint_dir: Path,
+    html_path: Path,
+    *,
+    settings: dict,
+    preset: str = "default",
+    overrides: Sequence[str] = (),
+    resume_bucket: str = "",
+    run_id: str = "",
+) -> StepOutputs:
+    """``train_step`` with the training in a Kubeflow Trainer TrainJob (``maskpipe.trainjob``):
+    the same ``maskpipe train`` on ``settings['num_nodes']`` nodes, whose rank 0 mirrors its
+    checkpoint folder to the run's object store (the resume prefix when ``resume_bucket`` is
+    set, else beside ``model_uri``); that folder is then published exactly as ``train_step``
+    publishes its own. ``index_uri`` / ``model_uri``: the artifacts' URIs, ``index_dir`` /
+    ``checkpoint_dir`` their local paths."""
+    from maskpipe.config import load_config
+    from maskpipe.resume import check_compatible, finished, load_resume_state
+    from maskpipe.train_result import finished_result
+    from maskpipe.trainjob import (
+        TrainJobError, TrainJobRun, TrainJobSettings, checkpoint_uri_of, new_job_name, object_store_uri,
+        train_command,
+    )  # fmt: skip
+
+    config = load_config(preset, list(overrides))  # a bad override fails here, not in the job
+    job_settings = TrainJobSettings.from_dict(settings)
+    checkpoint_uri = resume_uri_of(resume_bucket, run_id, task) or checkpoint_uri_of(model_uri)
+    index_parquet = object_store_uri(index_uri, "index") + "/index.parquet"
+    command = train_command(task, index_parquet, checkpoint_uri, preset, overrides, job_settings.gpus_per_node)
+    labels = {"app.kubernetes.io/part-of": "maskpipe", "maskpipe/task": task}
+    job = TrainJobRun(job_settings)
+    job.run(command, new_job_name(task), labels)
+
+    checkpoint_dir = Path(checkpoint_dir)
+    state = load_resume_state(checkpoint_dir, checkpoint_uri)  # downloads the whole folder
+    if state is None:
+        raise TrainJobError(
+            f"the TrainJob completed but left no checkpoint at {checkpoint_uri}: its rank 0 mirrors the "
+            "checkpoint folder there after every epoch; check the job's log above for its storage errors"
+        )
+    check_compatible(state, config, task, checkpoint_dir)
+    if not finished(state, config):
+        raise TrainJobError(
+            f"the TrainJob completed but its checkpoint at {checkpoint_uri} stops after epoch {state['epoch']} "
+            f"of {config.train.epochs}; rerun the step (it resumes from there)"
+        )
+    result = finished_result(state, config, task, checkpoint_dir)
+    print(result.summary())
+    out = _publish(result, config, preset, checkpoint_dir, html_path)
+    out.metadata.update(trainjob=f"{job.namespace}/{job.name}", trainjob_nodes=job_settings.num_nodes)
+    return out
+
+
+def _publish(result, config, preset: str, checkpoint_dir: Path, html_path: Path) -> StepOutputs:
+    """The HTML report, the artifact without its resume state, and what the step records."""
+    from maskpipe.reports import write_train_report
+
+    task = result.task
     write_train_report(checkpoint_dir, html_path)
     # The resume state (optimizer and all) is only for restarting this step; the mirror keeps
     # it when enabled, so the artifact carries only what inference and people need.

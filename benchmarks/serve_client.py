@@ -1,7 +1,10 @@
-"""A small client for ``maskpipe serve``: start a server process, send photos, drive load.
+"""A test and benchmark client for ``maskpipe serve``: start a server process, send photos, drive load.
 
-Standard library only, so it runs anywhere a photo needs classifying; the serving tests and
-``benchmarks/serve.py`` use it to talk to a real server over loopback HTTP.
+Not part of the maskpipe package (a user's client is any HTTP client, or KServe's
+``InferenceRESTClient``): the serving tests (``from benchmarks.serve_client import ...``, run
+from the repository root) and ``benchmarks/serve.py`` (its neighbour) use it to talk to a real
+server over loopback HTTP. Standard library, numpy and maskpipe's errors only, so it runs in
+the training and the serving environment alike.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
+
+import numpy as np
 
 from maskpipe.errors import MaskpipeError
 
@@ -91,7 +96,7 @@ class ServerProcess:
 
     def command(self) -> list[str]:
         return [self.python, "-m", "maskpipe", "serve", str(self.model_dir), "--host", "127.0.0.1",
-                "--port", str(self.port), *self.extra_args]  # fmt: skip
+                "--http_port", str(self.port), *self.extra_args]  # fmt: skip
 
     def __enter__(self) -> "ServerProcess":
         self.start()
@@ -150,9 +155,8 @@ class LoadResult:
         return self.requests * self.images_per_request / self.seconds
 
     def percentile_ms(self, q: float) -> float:
-        ordered = sorted(self.latencies_s)
-        index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
-        return 1000 * ordered[index]
+        """The ``q``-th percentile of the latencies in milliseconds (numpy's, interpolated)."""
+        return 1000 * float(np.percentile(self.latencies_s, q))
 
 
 def drive(url: str, bodies: Sequence[bytes], *, clients: int, requests_per_client: int,
