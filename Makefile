@@ -3,33 +3,23 @@
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-# `maskpipe serve` runs in its own environment: kserve 0.21 requires pandas<3, the training
-# environment has pandas 3 (docs/serving.md). The same requirements build docker/Dockerfile.serve.
-SERVE_VENV ?= .venv-serve
 DEMO_DIR ?= demo-output
 PYTEST_ARGS ?=
 
-.PHONY: demo demo-containers bench-inference image test venv venv-serve clean
+.PHONY: demo demo-containers bench-inference image test venv clean
 
-# The venv is rebuilt only when pyproject.toml changes (the stamp records the install).
+# One environment for every command, `maskpipe serve` included (the serve extra). It is
+# rebuilt only when pyproject.toml changes (the stamp records the install); `pip check`
+# fails the build on a conflict. The slim serving image has its own requirements
+# (docker/serve-requirements.txt, no torch).
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -e '.[test,serve]'
+	$(PY) -m pip check
 	touch $@
 
 venv: $(VENV)/.installed
-
-# docker/serve-test-requirements.txt adds what the serving tests drive the server with
-# (tritonclient, schemathesis); the serving image leaves them out.
-$(SERVE_VENV)/.installed: docker/serve-requirements.txt docker/serve-test-requirements.txt pyproject.toml
-	test -x $(SERVE_VENV)/bin/python || $(PYTHON) -m venv $(SERVE_VENV)
-	$(SERVE_VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(SERVE_VENV)/bin/python -m pip install --quiet -r docker/serve-requirements.txt -r docker/serve-test-requirements.txt
-	$(SERVE_VENV)/bin/python -m pip install --quiet --no-deps -e .
-	touch $@
-
-venv-serve: $(SERVE_VENV)/.installed
 
 # The whole pipeline through kfp.local on a synthetic set (smoke preset, CPU, ~5 min on 2 cores):
 # prints the scores against the synthetic truth and the path of submission.csv. Data are made
@@ -69,8 +59,10 @@ image:
 demo-containers: venv image $(DEMO_DATA)/eval_truth.csv
 	$(PY) $(DEMO_RUN) --runner docker --image $(IMAGE_TAG) --output-dir $(DEMO_DIR)/containers
 
-test: venv venv-serve
-	MASKPIPE_SERVE_PYTHON=$(abspath $(SERVE_VENV))/bin/python $(PY) -m pytest $(PYTEST_ARGS)
+# The tests start `maskpipe serve` with $MASKPIPE_SERVE_PYTHON (default: this venv's python).
+MASKPIPE_SERVE_PYTHON ?= $(abspath $(PY))
+test: venv
+	MASKPIPE_SERVE_PYTHON=$(MASKPIPE_SERVE_PYTHON) $(PY) -m pytest $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(DEMO_DIR) .pytest_cache build *.egg-info

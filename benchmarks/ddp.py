@@ -28,8 +28,10 @@ from pathlib import Path
 
 import torch
 
-from original_recipe import BenchmarkError, parse_size, run_in_work_dir, synthetic_photos
+from original_recipe import BenchmarkError, run_in_work_dir, synthetic_photos
+from results import add_results_argument, record
 
+from maskpipe.cli_args import height_by_width
 from maskpipe.data.index import build_index, read_index
 
 TASK = "mask"
@@ -42,7 +44,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--gpus", help="GPU counts to compare, e.g. 1,2,4,8 (default: CPU, 1 and 2 ranks)")
     parser.add_argument("--images", type=int, help="training photos (CPU 448, --quick 140; GPU 4096)")
     parser.add_argument("--epochs", type=int, default=2, help="epochs per world size, fastest kept (2)")
-    parser.add_argument("--image-size", type=parse_size, default=(384, 512), help="photo WxH")
+    parser.add_argument("--image-size", type=height_by_width, default=(384, 512), help="photo HEIGHTxWIDTH (default 512x384)")
     parser.add_argument("--arch", help="model (CPU resnet10t; GPU efficientnet_b4)")
     parser.add_argument("--input-size", help="model input HxW (CPU 96x72; GPU 448x336)")
     parser.add_argument("--batch-size", type=int, help="per rank (CPU 16; GPU 32)")
@@ -52,6 +54,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="extra config override (repeatable)",
     )  # fmt: skip
     parser.add_argument("--work-dir", type=Path, help="where photos, index and checkpoints go")
+    add_results_argument(parser, "ddp")
     args = parser.parse_args(argv)
     gpu = args.gpus is not None
     try:
@@ -130,7 +133,7 @@ def run(args: argparse.Namespace, work_dir: Path) -> float:
     )  # fmt: skip
     w, h = args.image_size
     print(
-        f"training throughput under torchrun, {where}: {args.images} synthetic {w}x{h} (WxH) JPEGs, "
+        f"training throughput under torchrun, {where}: {args.images} synthetic {h}x{w} (HxW) JPEGs, "
         f"{args.arch} at {args.input_size} (HxW), batch {args.batch_size} per rank, task {TASK}, "
         f"fastest of {args.epochs} epoch(s)"
     )
@@ -151,7 +154,8 @@ def run(args: argparse.Namespace, work_dir: Path) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    return run_in_work_dir(lambda folder: run(args, folder), args.work_dir)
+    return record(args.results, lambda: run_in_work_dir(lambda folder: run(args, folder), args.work_dir),
+                  script=__file__, argv=argv)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 
 from original_recipe import BenchmarkError, run_in_work_dir, synthetic_photos
+from results import add_results_argument, record, results_path
 
 from maskpipe.config import load_config
 from maskpipe.labels import NUM_CLASSES
@@ -68,7 +69,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="no GPU needed: run every code path once on the CPU, tiny model and sizes, no figures",
     )
     parser.add_argument("--work-dir", type=Path)
+    add_results_argument(parser, "gpu", default=False)
     args = parser.parse_args(argv)
+    if args.results is None and not args.cpu_smoke:  # a CPU smoke run has no figures to keep
+        args.results = results_path("gpu")
     if args.cpu_smoke:
         args.batch_size, args.steps, args.sweep, args.people = 4, 1, [2, 4], args.people or 2
     args.steps = args.steps or (4 if args.quick else 10)
@@ -336,10 +340,10 @@ def run(args: argparse.Namespace, work_dir: Path) -> float:
     original_size, preset_size = target.sizes()
     modes = ["fp32", "bf16+cl"] + (["bf16+cl+compile"] if args.compile else [])
     print(f"{target.name()}, torch {torch.__version__}, {target.arch} (untrained), batch {args.batch_size}, {args.steps} timed steps")
-    print(f"{'input (WxH)':<12} {'mode':<16} {'train img/s':>11} {'peak GiB':>9} {'warm-up s':>9}")
+    print(f"{'input (HxW)':<12} {'mode':<16} {'train img/s':>11} {'peak GiB':>9} {'warm-up s':>9}")
     rates: dict[tuple[str, str], float] = {}
     for size in (original_size, preset_size):
-        label = f"{size[1]}x{size[0]}"
+        label = f"{size[0]}x{size[1]}"
         for mode in modes:
             result = guarded(train_rate, mode, size, args.batch_size, args.steps, target)
             if result == "OOM":
@@ -352,7 +356,7 @@ def run(args: argparse.Namespace, work_dir: Path) -> float:
         shown = infer if isinstance(infer, str) else f"{infer:.1f}"
         print(f"{label:<12} {'inference bf16':<16} {shown:>11}   (batch {infer_batch}, channels-last)")
 
-    label = f"{preset_size[1]}x{preset_size[0]}"
+    label = f"{preset_size[0]}x{preset_size[1]}"
     print(f"\nbatch-size sweep, bf16+cl training at {label}:")
     print(f"{'batch':>6} {'img/s':>9} {'peak GiB':>9}")
     for batch in args.sweep:
@@ -367,13 +371,13 @@ def run(args: argparse.Namespace, work_dir: Path) -> float:
     if target.smoke:
         verdict = "not measured (CPU smoke run)"
     print(
-        f"\nreal epoch (default preset input {epoch['size'][1]}x{epoch['size'][0]}, {epoch['images']} "
+        f"\nreal epoch (default preset input {epoch['size'][0]}x{epoch['size'][1]} (HxW), {epoch['images']} "
         f"images, {epoch['workers']} workers): {epoch['rate']:.1f} images/s, GPU busy "
         f"{epoch['utilisation']:.0f}% ({epoch['source']}), waiting for data "
         f"{epoch['wait_share']:.0%} of the epoch; cache fill and setup {epoch['setup_s']:.1f} s"
     )
     print(f"goal: GPU >= {UTILISATION_GOAL:.0f}% busy: {verdict}")
-    reference = f"{original_size[1]}x{original_size[0]}"
+    reference = f"{original_size[0]}x{original_size[1]}"
     if (reference, "fp32") not in rates or (reference, "bf16+cl") not in rates:
         raise BenchmarkError(f"fp32 or bf16 training at {reference} ran out of memory; lower --batch-size")
     speedup = rates[(reference, "bf16+cl")] / rates[(reference, "fp32")]
@@ -386,7 +390,8 @@ def run(args: argparse.Namespace, work_dir: Path) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    return run_in_work_dir(lambda folder: run(args, folder), args.work_dir)
+    return record(args.results, lambda: run_in_work_dir(lambda folder: run(args, folder), args.work_dir),
+                  script=__file__, argv=argv)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ required. The last line is ``inference speedup: R.Rx``: the fastest path ``maskp
 offers on this device whose classes agree with the original's on at least 98% of the images
 (a line above names any path left out and why); every path stays in the table above it.
 
-    python benchmarks/inference.py            # 512 images of 384x512 on the CPU, 2 rounds
+    python benchmarks/inference.py            # 512 images of 512x384 (HxW) on the CPU, 2 rounds
     python benchmarks/inference.py --quick    # 32 images, one round, a smoke run
     python benchmarks/inference.py --threads 1
     python benchmarks/inference.py --data DATA_ROOT --mask DIR --gender DIR --age DIR
@@ -46,10 +46,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from original_recipe import BenchmarkError, parse_size, run_in_work_dir
+from original_recipe import BenchmarkError, run_in_work_dir
+from results import add_results_argument, record
 from PIL import Image
 
 from maskpipe.checkpoint import load_checkpoint, save_checkpoint
+from maskpipe.cli_args import height_by_width
 from maskpipe.config import load_config
 from maskpipe.data.images import has_image_extension
 from maskpipe.data.layout import is_hidden
@@ -74,9 +76,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--images", type=int, help="number of eval images (512; --quick 32)")
     parser.add_argument("--rounds", type=int, help="alternating timed calls per path (2; --quick 1)")
-    parser.add_argument("--image-size", type=parse_size, default=(384, 512), help="photo WIDTHxHEIGHT")
+    parser.add_argument("--image-size", type=height_by_width, default=(384, 512), help="photo HEIGHTxWIDTH (default 512x384)")
     parser.add_argument(
-        "--input-size", type=parse_size, help="model input WIDTHxHEIGHT (default: the smoke preset's)"
+        "--input-size", type=height_by_width, help="model input HEIGHTxWIDTH (default: the smoke preset's)"
     )
     parser.add_argument("--arch", default="resnet10t")
     parser.add_argument("--batch-size", type=int, default=64)
@@ -92,6 +94,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA only)")
     parser.add_argument("--work-dir", type=Path, help="where images and checkpoints go (temp dir)")
+    add_results_argument(parser, "inference")
     parser.add_argument(
         "--data", type=Path,
         help="a data root in the competition layout: time its eval/images (the first --images, "
@@ -157,7 +160,7 @@ def eval_photos(data_root: Path, count: int) -> list[Path]:
 def photos_label(args: argparse.Namespace) -> str:
     if args.data is not None:
         return f"eval photos of {args.data}"
-    return f"JPEGs of {args.image_size[0]}x{args.image_size[1]}"
+    return f"JPEGs of {args.image_size[1]}x{args.image_size[0]} (HxW)"
 
 
 def write_checkpoints(folder: Path, arch: str, input_size: tuple[int, int] | None) -> dict[str, Path]:
@@ -298,7 +301,7 @@ def run(args: argparse.Namespace, work_dir: Path) -> float:
     workers = "auto" if args.workers is None else args.workers
     print(
         f"{n} {photos_label(args)}; 3 x {arch}{' (--mask/--gender/--age)' if args.mask else ' (untrained)'} at "
-        f"{input_size[1]}x{input_size[0]} (WxH); device {device}"
+        f"{input_size[0]}x{input_size[1]} (HxW); device {device}"
         f"{' bf16' if args.bf16 else ''}; torch threads {torch.get_num_threads()}; "
         f"batch {args.batch_size}; workers {workers}"
     )
@@ -344,7 +347,8 @@ def _rounds(seconds: list[float]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    return run_in_work_dir(lambda folder: run(args, folder), args.work_dir)
+    return record(args.results, lambda: run_in_work_dir(lambda folder: run(args, folder), args.work_dir),
+                  script=__file__, argv=argv)  # fmt: skip
 
 
 if __name__ == "__main__":

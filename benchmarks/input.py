@@ -1,7 +1,7 @@
 """Training-input throughput per CPU core: the original Dataset against maskpipe's fast path.
 
 Both paths deliver what the model consumes, a float32 (N, 3, H, W) normalised batch with the
-random augmentations applied, from the same synthetic 384x512 JPEGs, in one process pinned to
+random augmentations applied, from the same synthetic 512x384 (HxW) JPEGs, in one process pinned to
 one CPU (torch and OpenCV single-threaded, ``num_workers=0``):
 
 * original: :class:`original_recipe.OriginalTrainDataset`: decode the JPEG at every access,
@@ -45,12 +45,13 @@ from original_recipe import (
     mask_labels,
     original_config,
     original_loader,
-    parse_size,
     pin_to_one_core,
     run_in_work_dir,
     synthetic_photos,
 )
+from results import add_results_argument, record
 
+from maskpipe.cli_args import height_by_width
 from maskpipe.config import load_config
 from maskpipe.data import transforms
 from maskpipe.data.cache import CachedImages, clear_open_caches, decoded_images
@@ -67,7 +68,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--images", type=int, help="photos per pass (256; --quick 32)")
     parser.add_argument("--rounds", type=int, help="alternating passes per path (3; --quick 1)")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--image-size", type=parse_size, default=(384, 512), help="photo WxH")
+    parser.add_argument("--image-size", type=height_by_width, default=(384, 512), help="photo HEIGHTxWIDTH (default 512x384)")
     parser.add_argument("--cpu", type=int, help="the CPU to pin to (default: the first allowed)")
     parser.add_argument(
         "--epochs", type=int, default=default.train.epochs,
@@ -76,6 +77,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--cache-gb", type=float, default=default.data.cache_gb)
     parser.add_argument("--breakdown", action="store_true", help="print per-transform costs")
     parser.add_argument("--work-dir", type=Path, help="where photos and caches go (temp dir)")
+    add_results_argument(parser, "input")
     args = parser.parse_args(argv)
     args.images = args.images or (32 if args.quick else 256)
     args.rounds = args.rounds or (1 if args.quick else 3)
@@ -138,7 +140,7 @@ def fill_cache(paths: list[Path], crop: list[int] | None, size: list[int], args:
     if not isinstance(source, CachedImages):
         raise BenchmarkError(
             f"the decoded-image cache fell back to disk reads for {len(paths)} images at "
-            f"{size[1]}x{size[0]} (budget --cache-gb {args.cache_gb}, folder {folder}); the fast "
+            f"{size[0]}x{size[1]} (HxW; budget --cache-gb {args.cache_gb}, folder {folder}); the fast "
             "path would be measured without its cache. Raise --cache-gb or free disk space."
         )
     return source, seconds
@@ -279,7 +281,7 @@ def report(args, cpu: int, n: int, original: Measured, ours: Measured, ours_pres
     w, h = args.image_size
     print(
         f"training input per CPU core (pinned to CPU {cpu}, torch/OpenCV 1 thread, num_workers=0): "
-        f"{n} synthetic {w}x{h} (WxH) JPEGs, batch {args.batch_size}, best of {args.rounds} "
+        f"{n} synthetic {h}x{w} (HxW) JPEGs, batch {args.batch_size}, best of {args.rounds} "
         "round(s); input sizes HxW"
     )
     for path in (original, ours, ours_preset):
@@ -318,7 +320,8 @@ def report(args, cpu: int, n: int, original: Measured, ours: Measured, ours_pres
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    return run_in_work_dir(lambda folder: run(args, folder), args.work_dir)
+    return record(args.results, lambda: run_in_work_dir(lambda folder: run(args, folder), args.work_dir),
+                  script=__file__, argv=argv)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -143,7 +143,8 @@ class BenchmarkError(Exception):
 
 
 def synthetic_photos(folder: Path, count: int, size: tuple[int, int]) -> list[Path]:
-    """``count`` training JPEGs of ``size`` (width, height) in the competition layout, written
+    """``count`` training JPEGs of ``size`` (width, height, as ``--image-size HEIGHTxWIDTH``
+    parses to) in the competition layout, written
     by :func:`maskpipe.data.synth.generate` (7 photos a person) under ``folder``."""
     from maskpipe.data.synth import generate
 
@@ -171,17 +172,6 @@ def pin_to_one_core(cpu: int | None = None) -> int:
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
     return cpu
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    """``WIDTHxHEIGHT`` -> (width, height)."""
-    try:
-        width, height = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT, e.g. 384x512; got {text!r}")
-    if min(width, height) < 16:
-        raise argparse.ArgumentTypeError(f"sizes must be at least 16x16, got {text!r}")
-    return width, height
 
 
 def run_in_work_dir(run: Callable[[Path], object], work_dir: Path | None) -> int:

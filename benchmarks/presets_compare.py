@@ -16,16 +16,19 @@ Flip TTA needs no training: the reference models predict again with it.
     python benchmarks/presets_compare.py --only tta sampler_shuffle scheduler_step
 
 The full-size GPU figures (pretrained efficientnet_b4) are not measured by this script.
-The table recorded in docs/presets.md comes from it.
+It writes its table to benchmarks/results/presets_compare.md (``--results``).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from results import add_results_argument, record
 
 TASKS = ("mask", "gender", "age")
 ALL_AUGS = "flip,affine,hue_sat_val,brightness_contrast,coarse_dropout,cutout,noise"
@@ -74,7 +77,7 @@ def prepare(out: Path, people: int, eval_people: int, seed: int) -> tuple[Path, 
     data = out / "data"
     index_all, index_val = out / "index-all.parquet", out / "index-val.parquet"
     if not index_val.exists():
-        # The photo size of `maskpipe synth` (384x512): the 448x336 crop is part of the recipe.
+        # The photo size of `maskpipe synth` (512x384, HxW): the 448x336 crop is part of the recipe.
         generate(data, people=people, eval_people=eval_people, seed=seed)
         build_index(str(data), index_all, val_fraction=0.0)
         build_index(str(data), index_val, val_fraction=0.2)
@@ -124,7 +127,7 @@ HEADER = (
 )
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--people", type=int, default=90)
     parser.add_argument("--eval-people", type=int, default=30)
@@ -135,7 +138,12 @@ def main() -> None:
         "--only", nargs="*", help="variants to run (the reference always runs first; a finished "
         "variant folder under --out is reused, not retrained)",
     )
-    args = parser.parse_args()
+    add_results_argument(parser, "presets_compare")
+    args = parser.parse_args(argv)
+    return record(args.results, lambda: compare(args), script=__file__, argv=argv)
+
+
+def compare(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
     from maskpipe.config import load_config
@@ -155,7 +163,8 @@ def main() -> None:
         f"{args.seed}), {epochs} epochs, resnet10t 96x72 from scratch, CPU\n{HEADER}"
     )
     print("\n".join(rows))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

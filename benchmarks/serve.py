@@ -7,7 +7,7 @@ One run, one machine: the three untrained ``resnet10t`` checkpoints of
 * offline: ``maskpipe infer --backend onnx``'s path (:func:`maskpipe.ensemble.predict_probs` on the ``onnx`` backend)
   on the photos, best of ``--rounds``;
 * served: ``maskpipe serve`` started as a child process in the serving environment
-  (``--serve-python``, default ``.venv-serve/bin/python``), then for each client count a
+  (``--serve-python``, default ``.venv/bin/python``), then for each client count a
   keep-alive connection per client sends one photo per v1 request, one request after
   another: throughput, p50 and p99 latency, and the mean number of images per forward pass
   (the server's ``x-maskpipe-batch-images`` header: how much concurrent requests were batched).
@@ -28,7 +28,7 @@ a dropped connection) is a lost request and stops the script. Each client waits 
 answer before sending again, so a client on an oversized photo sends no good ones meanwhile:
 the good throughput of the mix counts that, the p99 does not.
 
-    python benchmarks/serve.py            # 256 photos of 384x512, ~2 min
+    python benchmarks/serve.py            # 256 photos of 512x384 (HxW), ~2 min
     python benchmarks/serve.py --quick    # a smoke run
     python benchmarks/serve.py --quantize int8   # the int8 graph, offline and served
 """
@@ -46,11 +46,13 @@ from pathlib import Path
 
 import numpy as np
 from inference import write_checkpoints, write_images
-from original_recipe import BenchmarkError, parse_size, run_in_work_dir
+from original_recipe import BenchmarkError, run_in_work_dir
+from results import add_results_argument, record
 from serve_client import ServerProcess, drive, serving_python, v1_body
 
 from PIL import Image
 
+from maskpipe.cli_args import height_by_width
 from maskpipe.ensemble import classes_from_probs, predict_probs
 from maskpipe.export import export_model
 from maskpipe.runtime import open_backend
@@ -68,8 +70,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--requests", type=int, help="requests per client count (512; --quick 64)")
     parser.add_argument("--clients", default="1,8,32", help="client counts, comma-separated")
     parser.add_argument("--rounds", type=int, help="offline rounds, best kept (2; --quick 1)")
-    parser.add_argument("--image-size", type=parse_size, default=(384, 512), help="photo WIDTHxHEIGHT")
-    parser.add_argument("--input-size", type=parse_size, help="model input WIDTHxHEIGHT (default: the smoke preset's)")
+    parser.add_argument("--image-size", type=height_by_width, default=(384, 512), help="photo HEIGHTxWIDTH (default 512x384)")
+    parser.add_argument("--input-size", type=height_by_width, help="model input HEIGHTxWIDTH (default: the smoke preset's)")
     parser.add_argument("--arch", default="resnet10t")
     parser.add_argument("--batch-size", type=int, default=64, help="offline batch size")
     parser.add_argument("--max-batch", type=int, default=32, help="the server's --max-batch")
@@ -79,8 +81,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="serve (and run offline) the int8 graph, as `maskpipe export --quantize int8` "
         "writes it, calibrated on other generated photos",
     )
-    parser.add_argument("--serve-python", help="the serving environment's python (default: .venv-serve, $MASKPIPE_SERVE_PYTHON)")
+    parser.add_argument("--serve-python", help="the python that runs maskpipe serve (default: $MASKPIPE_SERVE_PYTHON, else .venv)")
     parser.add_argument("--work-dir", type=Path, help="where photos, checkpoints and the model go (temp dir)")
+    add_results_argument(parser, "serve")
     args = parser.parse_args(argv)
     args.images = args.images or (16 if args.quick else 256)
     args.requests = args.requests or (64 if args.quick else 512)
@@ -96,7 +99,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def serve_python(given: str | None) -> str:
     python = serving_python(REPO, given)
     if not python.exists():
-        raise BenchmarkError(f"no serving environment at {python}: run `make venv-serve` or pass --serve-python")
+        raise BenchmarkError(f"no serving environment at {python}: run `make venv` or pass --serve-python")
     return str(python)
 
 
@@ -142,7 +145,7 @@ def run(args: argparse.Namespace, work_dir: Path) -> float:
         if args.hostile_clients:
             hostile_mix(server.url, bodies, expected, args)
     print(
-        f"{len(paths)} JPEGs of {args.image_size[0]}x{args.image_size[1]}; 3 x {args.arch}, flip TTA, "
+        f"{len(paths)} JPEGs of {args.image_size[1]}x{args.image_size[0]} (HxW); 3 x {args.arch}, flip TTA, "
         f"ONNX Runtime{' int8' if args.quantize else ''}; offline (maskpipe infer --backend onnx): {offline_rate:.1f} images/s "
         f"(best of {args.rounds})"
     )
@@ -245,7 +248,8 @@ def _check_answers(result, expected: np.ndarray, clients: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    return run_in_work_dir(lambda folder: run(args, folder), args.work_dir)
+    return record(args.results, lambda: run_in_work_dir(lambda folder: run(args, folder), args.work_dir),
+                  script=__file__, argv=argv)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -30,12 +30,13 @@ from maskpipe.errors import MaskpipeError
 
 
 SERVE_PYTHON_ENV = "MASKPIPE_SERVE_PYTHON"
-SERVE_VENV = ".venv-serve"
+SERVE_VENV = ".venv"
 
 
 def serving_python(repo: str | os.PathLike[str], given: str | None = None) -> Path:
-    """Where the serving environment's interpreter should be: ``given``, else
-    ``$MASKPIPE_SERVE_PYTHON``, else ``.venv-serve`` of ``repo`` (``make venv-serve``)."""
+    """Where the interpreter that runs ``maskpipe serve`` should be: ``given``, else
+    ``$MASKPIPE_SERVE_PYTHON``, else ``.venv`` of ``repo`` (``make venv``: the one development
+    environment, with the serve extra)."""
     return Path(given or os.environ.get(SERVE_PYTHON_ENV) or Path(repo) / SERVE_VENV / "bin" / "python")
 
 

@@ -35,12 +35,13 @@ from original_recipe import (
     make_training,
     original_config,
     original_loader,
-    parse_size,
     run_in_work_dir,
     synthetic_photos,
     train_one_epoch,
 )
+from results import add_results_argument, record
 
+from maskpipe.cli_args import height_by_width
 from maskpipe.config import load_config
 from maskpipe.data.datasets import default_num_workers
 from maskpipe.data.index import build_index, read_index
@@ -56,7 +57,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="a small smoke run")
     parser.add_argument("--images", type=int, help="training photos (448; --quick 70)")
     parser.add_argument("--epochs", type=int, help="epochs per path, fastest kept (2)")
-    parser.add_argument("--image-size", type=parse_size, default=(384, 512), help="photo WxH")
+    parser.add_argument("--image-size", type=height_by_width, default=(384, 512), help="photo HEIGHTxWIDTH (default 512x384)")
     parser.add_argument("--workers", type=int, help="DataLoader workers for both (CPUs - 1)")
     parser.add_argument(
         "--threads", type=int, default=1,
@@ -68,6 +69,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="extra config override for ours (repeatable), e.g. train.scheduler=cosine",
     )
     parser.add_argument("--work-dir", type=Path, help="where photos, index and checkpoints go")
+    add_results_argument(parser, "train")
     args = parser.parse_args(argv)
     # The smoke preset's one-cycle schedule needs at least 4 optimizer steps in all.
     args.images = args.images or (70 if args.quick else 448)
@@ -165,7 +167,7 @@ def run(args: argparse.Namespace, work_dir: Path) -> float:
     w, h = args.image_size
     print(
         f"smoke training epoch, CPU ({torch.get_num_threads()} torch threads, {args.workers} "
-        f"loader workers): {args.images} synthetic {w}x{h} (WxH) JPEGs, {ARCH} at {size[0]}x{size[1]} (HxW), "
+        f"loader workers): {args.images} synthetic {h}x{w} (HxW) JPEGs, {ARCH} at {size[0]}x{size[1]} (HxW), "
         f"task {TASK}, fastest of {args.epochs} epoch(s)"
     )
     rates = {}
@@ -184,7 +186,8 @@ def run(args: argparse.Namespace, work_dir: Path) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    return run_in_work_dir(lambda folder: run(args, folder), args.work_dir)
+    return record(args.results, lambda: run_in_work_dir(lambda folder: run(args, folder), args.work_dir),
+                  script=__file__, argv=argv)  # fmt: skip
 
 
 if __name__ == "__main__":

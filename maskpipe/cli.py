@@ -13,20 +13,11 @@ import sys
 from pathlib import Path
 
 from maskpipe import __version__
-from maskpipe.cli_args import OneLineParser, model_name, number, port, whole_number
+from maskpipe.cli_args import OneLineParser, height_by_width, model_name, number, port, whole_number
 
 
 class UserError(Exception):
     """Bad input the user can fix: printed without a traceback."""
-
-
-def _photo_size(text: str) -> tuple[int, int]:
-    """``HEIGHTxWIDTH`` (the order of ``--image-size`` and ``data.input_size``) -> (width, height)."""
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"size must look like 512x384 (HEIGHTxWIDTH), got {text!r}")
-    return w, h
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--people", type=int, default=60)
     p.add_argument("--eval-people", type=int, default=20)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--size", type=_photo_size, default=(384, 512), metavar="HEIGHTxWIDTH", help="photo size (default 512x384)")
+    p.add_argument("--size", type=height_by_width, default=(384, 512), metavar="HEIGHTxWIDTH", help="photo size (default 512x384)")
     p.set_defaults(func=_cmd_synth)
 
     p = sub.add_parser("index", help="index a data root (local folder or s3://bucket/prefix)")
@@ -308,9 +299,8 @@ def serve_parser() -> argparse.ArgumentParser:
     except ImportError as exc:
         raise UserError(
             f"maskpipe serve needs the serving environment ({exc}): install it with "
-            "`pip install -r docker/serve-requirements.txt` in its own venv (`make venv-serve`; "
-            "kserve requires pandas<3, the training environment has pandas 3), or use the "
-            "serving image docker/Dockerfile.serve"
+            "`pip install -e '.[serve]'` (`make venv` does), or use the serving image "
+            "docker/Dockerfile.serve"
         ) from None
     p = OneLineParser(
         prog="maskpipe serve", parents=[kserve_parser()],

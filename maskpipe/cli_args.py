@@ -30,6 +30,18 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (`{self.prog} --help` lists the flags)\n")
 
 
+def height_by_width(text: str) -> tuple[int, int]:
+    """``HEIGHTxWIDTH`` (the order of ``--image-size`` and ``data.input_size``) -> (width, height),
+    the order PIL and :func:`maskpipe.data.synth.generate` take."""
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size must look like 512x384 (HEIGHTxWIDTH), got {text!r}")
+    if min(h, w) < 1:
+        raise argparse.ArgumentTypeError(f"size {text!r} has a side under 1 pixel; give HEIGHTxWIDTH, e.g. 512x384")
+    return w, h
+
+
 def port(text: str) -> int:
     """A TCP port to listen on or connect to: a whole number in 1-65535."""
     try:

@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "InferResult", "predict_submission", "predict_rows_probs", "predict_probs", "classes_from_probs",
-    "combine_classes", "make_loader", "probs_frame", "write_probs",
+    "combine_classes", "decode_loader", "probs_frame", "write_probs",
 ]  # fmt: skip
 
 
@@ -174,10 +174,11 @@ def localize_paths(root: str, rel_paths: list[str], cache_dir: str | Path | None
     return localize(root, rel_paths, Path(cache_dir) if cache_dir is not None else None)
 
 
-def default_num_workers(images: int, batch_size: int, device: torch.device | None = None) -> int:
-    """Decoders: on the CPU one thread per core (at most 8); elsewhere one worker process per
-    core (at most 8), none for a batch or two of images, where starting worker processes costs
-    more than it saves."""
+def decode_workers(images: int, batch_size: int, device: torch.device | None = None) -> int:
+    """How many decoders :func:`decode_loader` runs for inference (training's count is
+    :func:`maskpipe.data.datasets.default_num_workers`): on the CPU one thread per core (at
+    most 8); elsewhere one worker process per core (at most 8), none for a batch or two of
+    images, where starting worker processes costs more than it saves."""
     from maskpipe.data.images import default_workers
 
     processes = device is None or device.type != "cpu"
@@ -251,7 +252,7 @@ class ThreadedBatches:
                 yield collate_views(list(pool.map(self.dataset.__getitem__, range(start, min(start + step, n)))))
 
 
-def make_loader(
+def decode_loader(
     paths: Sequence[str | Path],
     views: Sequence[View],
     *,
@@ -259,12 +260,13 @@ def make_loader(
     num_workers: int | None,
     device: torch.device = torch.device("cpu"),
 ) -> torch.utils.data.DataLoader | ThreadedBatches:
-    """Decoded, collated batches in ``paths`` order: decoding threads taking turns with the
+    """Inference input: decoded, collated batches of every view in ``paths`` order (the training
+    loaders are :func:`maskpipe.data.datasets.make_loader`'s): decoding threads taking turns with the
     forward passes on the CPU (:class:`ThreadedBatches`), worker processes that run ahead
     of the device elsewhere."""
     if batch_size < 1:
         raise MaskpipeError(f"batch size must be >= 1, got {batch_size}")
-    workers = default_num_workers(len(paths), batch_size, device) if num_workers is None else num_workers
+    workers = decode_workers(len(paths), batch_size, device) if num_workers is None else num_workers
     if workers < 0:
         raise MaskpipeError(f"workers must be >= 0, got {workers}")
     if device.type == "cpu":
@@ -291,7 +293,7 @@ def predict_probs(
     """Softmax probabilities per task, ``{task: float32 (N, classes)}``, in ``paths`` order."""
     device = torch.device(backend.device)
     views = list(backend.views)
-    loader = make_loader(paths, views, batch_size=batch_size, num_workers=num_workers, device=device)
+    loader = decode_loader(paths, views, batch_size=batch_size, num_workers=num_workers, device=device)
     decoders = "thread(s)" if isinstance(loader, ThreadedBatches) else "worker process(es)"
     log.info(
         "inference: %d images, %s backend%s, %d input view(s) %s, batch %d, %d decoding %s, %s%s",

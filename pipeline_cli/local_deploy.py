@@ -4,7 +4,7 @@ On a cluster the deploy step runs in the serving image (kserve SDK; kserve 0.21 
 pandas<3) and the other steps in the training image (pandas 3). Locally the same split holds:
 kfp.local's SubprocessRunner runs every step with this interpreter, so for the one step whose
 function is ``deploy_model`` the interpreter is swapped for the serving environment's
-(``$MASKPIPE_SERVE_PYTHON`` or ``.venv-serve``, ``make venv-serve``). The step then finds the
+(``$MASKPIPE_SERVE_PYTHON`` or ``.venv``, ``make venv``). The step then finds the
 Kubernetes API the way kubectl does outside a cluster: ``$KUBECONFIG`` or ``~/.kube/config``,
 and its current context's namespace unless ``deploy_namespace`` is given.
 
@@ -23,7 +23,7 @@ from typing import Any, Dict, Iterator, List, Optional
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY_FUNCTION = "deploy_model"
-# The serving environment's interpreter, when it is not ROOT/.venv-serve (`make venv-serve`).
+# The interpreter of the deploy step, when it is not ROOT/.venv's (`make venv`, with the serve extra).
 SERVE_PYTHON_ENV = "MASKPIPE_SERVE_PYTHON"
 
 
@@ -57,14 +57,14 @@ def deploy_python() -> str:
     """The serving environment's interpreter; this one if kserve is installed here."""
     from maskpipe.errors import MaskpipeError
 
-    python = Path(os.environ.get(SERVE_PYTHON_ENV) or ROOT / ".venv-serve" / "bin" / "python")
+    python = Path(os.environ.get(SERVE_PYTHON_ENV) or ROOT / ".venv" / "bin" / "python")
     if python.exists():
         return str(python)
     if importlib.util.find_spec("kserve") is not None:
         return sys.executable
     raise MaskpipeError(
         f"run-local --deploy runs the deploy step with the kserve SDK, which is not installed here and "
-        f"there is no serving environment at {python}: run `make venv-serve` (or set {SERVE_PYTHON_ENV})"
+        f"there is no serving environment at {python}: run `make venv` (or set {SERVE_PYTHON_ENV})"
     )
 
 

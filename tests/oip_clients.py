@@ -1,7 +1,7 @@
 """Drive a running `maskpipe serve` with the clients people already use; print what they got.
 
-Run in the serving environment (it has kserve; ``make venv-serve`` adds tritonclient from
-docker/serve-test-requirements.txt) by tests/test_serve_clients.py:
+Run in the serving environment (it has kserve; ``make venv`` adds tritonclient from
+pyproject.toml's test extra) by tests/test_serve_clients.py:
 
     python tests/oip_clients.py URL MODEL_NAME PHOTO...
 

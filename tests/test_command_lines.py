@@ -1,5 +1,5 @@
-"""User errors on the two command lines, run as a user runs them: `maskpipe serve` in the
-serving environment and `python pipeline.py` in the training one. A wrong port, address, URL
+"""User errors on the two command lines, run as a user runs them: `maskpipe serve` with
+$MASKPIPE_SERVE_PYTHON (default: the repository's .venv) and `python pipeline.py`. A wrong port, address, URL
 or path is refused before any work starts (no model opened, no KServe start, no pipeline
 step), in one line on stderr that names the value and the fix, with exit status 2 and no
 traceback.
@@ -46,7 +46,7 @@ def one_error_line(result: subprocess.CompletedProcess, prefix: str) -> str:
 def serve(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
     python = serving_python(REPO)
     if not python.exists():
-        pytest.fail(f"no serving environment at {python}: run `make venv-serve` (or set MASKPIPE_SERVE_PYTHON)")
+        pytest.fail(f"no serving environment at {python}: run `make venv` (or set MASKPIPE_SERVE_PYTHON)")
     return run([str(python), "-m", "maskpipe", "serve", *args], timeout=timeout)
 
 

@@ -1,8 +1,8 @@
 """The deploy step: its InferenceService, its calls to a Kubernetes API, run-local --deploy.
 
-The deploy step runs the kserve SDK, which lives in the serving environment (kserve needs
-pandas<3), so those tests run the component's function there, as the deploy step runs in the
-serving image, against tests/fake_kube.py's API on loopback (found through KUBECONFIG). The
+The deploy step runs the kserve SDK (the serve extra; the serving image holds it too), so those
+tests run the component's function in a process of ``$MASKPIPE_SERVE_PYTHON`` (default: the
+repository's ``.venv``), as the deploy step runs in the serving image, against tests/fake_kube.py's API on loopback (found through KUBECONFIG). The
 end-to-end test (slow) runs ``pipeline.py run-local --deploy`` and then classifies photos with
 the server started from the InferenceService it created.
 The manifests under k8s/ (ServiceAccount, S3 Secret, deployer Role) are tests/test_k8s.py's.

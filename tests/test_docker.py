@@ -119,6 +119,14 @@ def test_serving_image_has_no_torch_and_the_same_kfp_pin():
     assert 'find_spec("torch") is None' in runs, "the build must prove no torch slipped in"
 
 
+def test_the_serve_extra_pins_the_kserve_of_the_serving_image():
+    # `make venv` (the serve extra) and the serving image must serve with the same kserve.
+    extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["serve"]
+    kserve = [dep.replace(" ", "") for dep in extra if dep.startswith("kserve")]
+    requirements = [line.strip() for line in (DOCKER_DIR / "serve-requirements.txt").read_text().splitlines()]
+    assert len(kserve) == 1 and kserve[0].startswith("kserve==") and kserve[0] in requirements, (kserve, requirements)
+
+
 @pytest.mark.parametrize("dockerfile", DOCKERFILES + [STANDIN_BASE_DOCKERFILE],
                          ids=lambda p: str(p.relative_to(DOCKER_DIR)))
 def test_hadolint_reports_nothing(dockerfile):

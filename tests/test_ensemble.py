@@ -189,13 +189,13 @@ def test_a_corrupt_eval_image_in_a_decoding_thread_is_reported_by_name(mixed_che
 def test_cpu_decoding_threads_and_gpu_worker_processes_give_the_same_batches(tmp_path, eval_root, device, workers):
     # The CPU decodes in threads (ThreadedBatches), other devices in DataLoader worker
     # processes; "meta" stands in for CUDA here: it picks the loader without needing a GPU.
-    from maskpipe.ensemble import EvalImages, ThreadedBatches, make_loader
+    from maskpipe.ensemble import EvalImages, ThreadedBatches, decode_loader
 
     _, paths = _image_paths(eval_root)
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(paths[0].read_bytes()[:200])
     views = [((56, 40), (32, 24)), (None, (40, 32))]
-    loader = make_loader(paths, views, batch_size=2, num_workers=workers, device=torch.device(device))
+    loader = decode_loader(paths, views, batch_size=2, num_workers=workers, device=torch.device(device))
     assert isinstance(loader, ThreadedBatches) == (device == "cpu")
     assert loader.num_workers == workers and len(loader) == 3
     batches = list(loader)
@@ -204,18 +204,18 @@ def test_cpu_decoding_threads_and_gpu_worker_processes_give_the_same_batches(tmp
         stacked = torch.cat([batch[v] for batch in batches])
         assert stacked.shape == (IMAGES, *size, 3) and stacked.dtype == torch.uint8
         assert torch.equal(stacked, torch.from_numpy(np.stack([item[v] for item in expected])))
-    bad = list(make_loader([paths[0], broken], views, batch_size=2, num_workers=workers, device=torch.device(device)))
+    bad = list(decode_loader([paths[0], broken], views, batch_size=2, num_workers=workers, device=torch.device(device)))
     assert isinstance(bad[0], str) and "broken.jpg" in bad[0]
 
 
 def test_cpu_decoding_defaults_to_a_thread_per_core(eval_root):
     from maskpipe.data.images import default_workers
-    from maskpipe.ensemble import default_num_workers
+    from maskpipe.ensemble import decode_workers
 
     cores = min(default_workers(), 8)
-    assert default_num_workers(1, 64, torch.device("cpu")) == cores  # threads start for free
-    assert default_num_workers(1, 64, torch.device("cuda")) == 0  # processes do not
-    assert default_num_workers(1000, 64, torch.device("cuda")) == cores
+    assert decode_workers(1, 64, torch.device("cpu")) == cores  # threads start for free
+    assert decode_workers(1, 64, torch.device("cuda")) == 0  # processes do not
+    assert decode_workers(1000, 64, torch.device("cuda")) == cores
 
 
 def test_missing_task_checkpoint_is_a_clear_error(mixed_checkpoints, tmp_path, eval_root):
@@ -252,11 +252,13 @@ def inference_benchmark(monkeypatch):
 def test_benchmark_quick_run_prints_the_speedup_last(tmp_path, capsys, monkeypatch):
     code = inference_benchmark(monkeypatch).main(
         ["--quick", "--images", "6", "--batch-size", "4", "--workers", "0",
-         "--image-size", "96x128", "--input-size", "24x32", "--work-dir", str(tmp_path)]
+         "--image-size", "128x96", "--input-size", "32x24", "--work-dir", str(tmp_path),
+         "--results", str(tmp_path / "inference.md")]
     )  # fmt: skip
     lines = capsys.readouterr().out.strip().splitlines()
     assert code == 0
     assert lines[-1].startswith("inference speedup: ")
+    assert lines[-1] in (tmp_path / "inference.md").read_text()  # the run's results file
     # every path maskpipe infer offers stays in the table; the last line is the fastest one's
     for path in ("original per-image loop", "batched ensemble (torch)", "exported graph (onnx)", "exported graph int8 (onnx)"):
         assert any(line.startswith(f"{path}:") and "images/s" in line for line in lines), path
@@ -272,7 +274,7 @@ def test_benchmark_runs_given_checkpoints_on_a_data_roots_photos(
     code = inference_benchmark(monkeypatch).main(
         ["--quick", "--images", "6", "--batch-size", "4", "--workers", "0", "--data", str(eval_root),
          *(arg for task in TASKS for arg in (f"--{task}", str(serving_checkpoints[task]))),
-         "--calibration-images", "2", "--work-dir", str(tmp_path)]
+         "--calibration-images", "2", "--work-dir", str(tmp_path), "--results", str(tmp_path / "inference.md")]
     )  # fmt: skip
     captured = capsys.readouterr()
     out = captured.out

@@ -260,9 +260,8 @@ def test_the_int8_folder_agrees_with_fp32_on_an_avx2_only_cpu(int8_model, export
         "out = b.predict(np.load(sys.argv[2])); "
         "print(json.dumps({'cpu': cpu_features(), 'backend': b.name, 'class': out['class'].tolist()}))"
     )
-    python = serving_python(REPO)  # no torch to import: the emulated process starts faster
     result = subprocess.run(
-        [qemu, "-cpu", AVX2_ONLY_CPU, str(python if python.exists() else sys.executable), "-c", code,
+        [qemu, "-cpu", AVX2_ONLY_CPU, sys.executable, "-c", code,
          str(int8_model), str(tmp_path / "images.npy")],
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip
@@ -340,7 +339,7 @@ def test_an_int8_folder_without_held_out_photos_is_served_fp32(int8_model, tmp_p
 def test_maskpipe_serve_below_the_threshold_answers_with_the_fp32_graph(int8_model, exported_model, quantize_data, tmp_path, monkeypatch):
     python = serving_python(REPO)
     if not python.exists():
-        pytest.fail(f"no serving environment at {python}: run `make venv-serve` (or set MASKPIPE_SERVE_PYTHON)")
+        pytest.fail(f"no serving environment at {python}: run `make venv` (or set MASKPIPE_SERVE_PYTHON)")
     monkeypatch.setenv("MASKPIPE_INT8_MIN_AGREEMENT", "1.01")  # the server inherits it
     photos = sorted((quantize_data / "eval" / "images").iterdir())[:8]
     fp32 = open_backend(exported_model).predict(np.stack([decode_views(p, [read_model_dir(exported_model).view])[0] for p in photos]))

@@ -2,7 +2,7 @@
 ``InferenceRESTClient`` and ``schemathesis`` against the server's own OpenAPI document.
 
 The clients run in the serving environment (tritonclient and schemathesis come from
-docker/serve-test-requirements.txt, which ``make venv-serve`` installs), driven by
+pyproject.toml's test extra, which ``make venv`` installs), driven by
 tests/oip_clients.py; their answers are compared with `maskpipe infer` on the same photos.
 """
 
@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 def _needs(module: str) -> None:
     probe = subprocess.run([serve_python(), "-c", f"import {module}"], capture_output=True, text=True)
     if probe.returncode != 0:
-        pytest.fail(f"the serving environment lacks {module}: run `make venv-serve` (docker/serve-test-requirements.txt)")
+        pytest.fail(f"the serving environment lacks {module}: run `make venv` (pyproject.toml's test extra)")
 
 
 @pytest.fixture(scope="module")

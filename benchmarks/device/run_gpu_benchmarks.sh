@@ -4,8 +4,9 @@
 # tool:  run(command="bash benchmarks/device/run_gpu_benchmarks.sh", carry=[".whl"],
 #            timeout_s=540)
 # It installs the carried wheels, then runs each benchmark under its own time limit, writing
-# every output to $OUT (or ./gpu-results) so that what finished comes back even if a later
-# step runs out of time. Record the tables in docs/benchmarks.md with the date and GPU model.
+# every output and each benchmark's results file (date, machine, command line) to $OUT (or
+# ./gpu-results), so that what finished comes back even if a later step runs out of time.
+# Copy the results files that came back into benchmarks/results/.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-gpu-results}
@@ -23,6 +24,6 @@ step() {  # step NAME SECONDS COMMAND...: one benchmark, its own limit, its own 
   timeout "$limit" "$@" > "$OUT/$name.txt" 2>&1
   echo "   exit $? -> $OUT/$name.txt"; tail -n 3 "$OUT/$name.txt"
 }
-step gpu-quick 150 python3 benchmarks/gpu.py --quick
-step inference-cuda 90 python3 benchmarks/inference.py --device cuda --bf16 --images 2048
-step gpu-full 240 python3 benchmarks/gpu.py --compile
+step gpu-quick 150 python3 benchmarks/gpu.py --quick --results "$OUT/gpu-quick.md"
+step inference-cuda 90 python3 benchmarks/inference.py --device cuda --bf16 --images 2048 --results "$OUT/inference-cuda.md"
+step gpu-full 240 python3 benchmarks/gpu.py --compile --results "$OUT/gpu.md"
