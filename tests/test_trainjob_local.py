@@ -11,7 +11,7 @@ A node failing fails the TrainJob with maskpipe's own error line.
 Process backend: ``LocalProcessBackendConfig()`` pip-installs a job's packages into a new bare
 venv per job and runs that venv's torchrun (kubeflow 0.5.0: localprocess/utils.py 140-146,
 constants.py LOCAL_EXEC_JOB_TEMPLATE). maskpipe there means maskpipe and all its dependencies
-in the venv (6.4 GB, 3.6 min on this kind of machine from local wheels): that run is opt-in
+in the venv (6.4 GB, 4-8 min on 2 cores from local wheels): that run is opt-in
 (``MASKPIPE_TEST_PROCESS_BACKEND=1``). Always checked: a job that installs nothing has no
 torchrun, which is why this environment's own torch cannot be used.
 """
@@ -233,7 +233,7 @@ def test_the_process_backend_runs_only_a_torchrun_pip_installed_into_its_venv(pr
 @pytest.mark.skipif(
     os.environ.get("MASKPIPE_TEST_PROCESS_BACKEND") != "1",
     reason="the SDK's local process backend pip-installs maskpipe with every dependency (CUDA torch: "
-    "6.4 GB, 3.6 min here from local wheels) into a new venv per job (kubeflow 0.5.0 "
+    "6.4 GB, 4-8 min on 2 cores from local wheels) into a new venv per job (kubeflow 0.5.0 "
     "localprocess/constants.py LOCAL_EXEC_JOB_TEMPLATE); MASKPIPE_TEST_PROCESS_BACKEND=1 runs it",
 )
 def test_the_process_backend_trains_two_ranks_of_maskpipe_installed_into_its_venv(process_client, tmp_path):
