@@ -18,6 +18,7 @@ only a status word. Checked against kubeflow 0.5.0 and Trainer v2.3.0.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 import time
@@ -115,14 +116,20 @@ def node_command(task: str, index_uri: str, checkpoint_uri: str, preset: str, ov
                   nproc_per_node: int) -> List[str]:  # fmt: skip
     """The node's command: ``maskpipe train`` under torchrun (the runtime sets ``PET_NNODES``,
     ``PET_NODE_RANK``, ``PET_MASTER_ADDR`` and ``PET_MASTER_PORT``, which torchrun reads)."""
-    command = [
-        "torchrun", f"--nproc-per-node={max(1, nproc_per_node)}", "-m", "maskpipe", "train",
-        "--task", task, "--index", index_uri, "--out", f"{WORK_MOUNT}/checkpoint",
+    prefix = ["torchrun", f"--nproc-per-node={max(1, nproc_per_node)}", "-m", "maskpipe"]
+    return prefix + train_arguments(task, index_uri, checkpoint_uri, preset, overrides)
+
+
+def train_arguments(task: str, index_uri: str, checkpoint_uri: str, preset: str, overrides: Sequence[str]) -> List[str]:
+    """``train ...``: the arguments of ``maskpipe`` on every node of a TrainJob (checkpoint and
+    image cache under ``/workspace``, the checkpoint mirrored to ``checkpoint_uri``)."""
+    arguments = [
+        "train", "--task", task, "--index", index_uri, "--out", f"{WORK_MOUNT}/checkpoint",
         "--resume-uri", checkpoint_uri, "--cache-dir", f"{WORK_MOUNT}/cache", "--preset", preset,
     ]  # fmt: skip
     for setting in overrides:
-        command += ["--set", setting]
-    return command
+        arguments += ["--set", setting]
+    return arguments
 
 
 def node_env(settings: TrainJobSettings) -> tuple[Dict[str, str], List[Dict[str, Any]]]:
@@ -180,6 +187,59 @@ def trainjob_request(settings: TrainJobSettings, command: List[str], name: str, 
 def new_job_name(task: str) -> str:
     """``maskpipe-<task>-<8 hex>``: short enough for the JobSet's pod and Service names."""
     return f"maskpipe-{task}-{uuid.uuid4().hex[:8]}"
+
+
+# ------------------------------------------------------------ the SDK's local backends
+# ``TrainerClient(backend_config=ContainerBackendConfig(...))`` or ``LocalProcessBackendConfig()``
+# run a TrainJob on this machine. Both take only a ``CustomTrainer`` (a Python function whose
+# source the SDK ships to each node and runs under its own torchrun); :func:`run_maskpipe` is
+# that function for ``maskpipe <arguments>``. Checked against kubeflow 0.5.0 (docs/training.md).
+
+
+def run_maskpipe(argv):
+    """``maskpipe <argv>`` on one node of a local TrainJob, in the process the backend's torchrun
+    started (RANK, WORLD_SIZE, ... set). The SDK runs this function's source alone, so it
+    imports what it needs here."""
+    import sys
+
+    from maskpipe.cli import main
+
+    # The container backend calls it with func_args as keywords, the local process backend
+    # with the func_args dict as its one argument (kubeflow 0.5.0).
+    if isinstance(argv, dict):
+        argv = argv["argv"]
+    code = main([str(a) for a in argv])
+    if code:
+        sys.exit(code)
+
+
+def container_trainer(argv: Sequence[str], *, image: str, num_nodes: int, env: Optional[Dict[str, str]] = None):
+    """The ``CustomTrainer`` of ``maskpipe <argv>`` for the SDK's container backend: ``num_nodes``
+    containers of ``image`` on one network, one process each (the backend's torchrun)."""
+    from kubeflow.trainer import CustomTrainer
+
+    return CustomTrainer(func=run_maskpipe, func_args={"argv": list(argv)}, image=image, num_nodes=num_nodes, env=dict(env or {}))
+
+
+def process_trainer(argv: Sequence[str], *, requirement: str, processes: int = 1, env: Optional[Dict[str, str]] = None):
+    """The ``CustomTrainer`` of ``maskpipe <argv>`` for the SDK's local process backend:
+    ``processes`` ranks on this machine, after pip installs ``requirement`` (``maskpipe==X`` or
+    ``maskpipe @ file:///path/to/checkout``) with all its dependencies into the job's venv.
+
+    That backend makes a bare venv per job and runs ``<venv>/bin/torchrun`` with the trainer's
+    ``env`` as the whole environment (kubeflow 0.5.0: localprocess/utils.py 140-146 and
+    259-303, constants.py LOCAL_EXEC_JOB_TEMPLATE, job.py 382-390), so nothing of this
+    environment is reused: the venv holds torch with its CUDA libraries, about 6 GB. The job
+    gets this process's environment less ``PYTHONPATH`` (on it, the venv's ensurepip finds this
+    environment's pip, installs none, and the job's ``pip install`` runs another environment's
+    pip into that one); torchrun reads the rank count from ``PET_NPROC_PER_NODE``, as Trainer's
+    torch runtime passes it."""
+    from kubeflow.trainer import CustomTrainer
+
+    job_env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
+    job_env.update({"PET_NPROC_PER_NODE": str(processes), "PET_STANDALONE": "1", "PIP_NO_COMPILE": "1"})
+    job_env.update(env or {})
+    return CustomTrainer(func=run_maskpipe, func_args={"argv": list(argv)}, packages_to_install=[requirement], env=job_env)
 
 
 class TrainJobRun:

@@ -73,6 +73,8 @@ class SeaweedServer:
     access_key: str = field(repr=False)
     secret_key: str = field(repr=False)
     weed: str = field(default_factory=lambda: weed_binary() or "weed")
+    # Where the S3 port listens: loopback, or "0.0.0.0" for containers on their own network.
+    s3_bind: str = "127.0.0.1"
     ports: dict[str, int] = field(default_factory=dict)
     process: subprocess.Popen | None = None
 
@@ -99,7 +101,7 @@ class SeaweedServer:
             "-master.telemetry=false",
             f"-volume.port={volume}", "-volume.max=200",  # a small -volume.max ends in "No writable volumes"
             "-filer", f"-filer.port={filer}",
-            "-s3", f"-s3.port={s3}", "-s3.port.iceberg=0", "-s3.port.lance=0",
+            "-s3", f"-s3.port={s3}", f"-s3.ip.bind={self.s3_bind}", "-s3.port.iceberg=0", "-s3.port.lance=0",
             "-iam", f"-iam.port={iam}",
         ]  # fmt: skip
         with open(self.log_path, "ab") as log:
