@@ -3,7 +3,7 @@
 :func:`epoch_metrics` scores an epoch's predictions; :class:`EpochRecords` keeps the history
 (``history.json``), decides which epoch is the best so far (``train.select_by``) and when
 ``train.early_stopping_patience`` ends the run, and writes the chosen epoch's checkpoint,
-``metrics.json`` and ``mistakes.json``. The trainer (:mod:`maskpipe.trainer`) calls it once per
+``metrics.json`` and ``mistakes.json``. The run (:mod:`maskpipe.training_run`) calls it once per
 epoch; :mod:`maskpipe.resume` saves and restores its fields with the rest of the run.
 """
 

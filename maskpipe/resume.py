@@ -23,7 +23,7 @@ from maskpipe.distributed import World, all_gather, local_leader_first
 from maskpipe.errors import CheckpointError, TrainingError
 
 if TYPE_CHECKING:
-    from maskpipe.trainer import TrainingRun
+    from maskpipe.training_run import TrainingRun
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 ``train_task`` checks its arguments, joins the torchrun process group when there is one
 (:mod:`maskpipe.distributed`), reads the resume state (:mod:`maskpipe.resume`), and runs the
-remaining epochs (:class:`maskpipe.trainer.TrainingRun`). After every completed epoch the run
+remaining epochs (:class:`maskpipe.training_run.TrainingRun`). After every completed epoch the run
 writes ``state/last.pt`` (model, optimizer, scheduler, RNG, best score, history) atomically,
 and the best weights through :func:`maskpipe.checkpoint.save_checkpoint`; with ``resume_uri``
 the folder is mirrored to object storage. Running it again with the same folder continues
@@ -43,7 +43,7 @@ from maskpipe.resume import (
 )
 from maskpipe.task_data import MISTAKES_KEPT, REVIEW_SAMPLE, Review, TaskData, build_task_data, confident_mistakes
 from maskpipe.train_result import TrainResult, finished_result
-from maskpipe.trainer import TrainingRun
+from maskpipe.training_run import TrainingRun
 
 # Names other modules and tests import from here; they live in the modules above.
 __all__ = [

@@ -30,7 +30,7 @@ from maskpipe.optim import effective_batch, make_optimizer, make_scheduler, scal
 from maskpipe.resume import STATE_FILE, rng_state, run_state, seed_everything
 from maskpipe.task_data import build_task_data
 
-# The log lines of a run are maskpipe.train's, as they were before the trainer had a module.
+# The log lines of a run are maskpipe.train's, as they were before the run had a module of its own.
 log = logging.getLogger("maskpipe.train")
 
 
