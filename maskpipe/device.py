@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from maskpipe.errors import MaskpipeError
+from maskpipe.errors import MaskpipeError, TrainingError
 
 
 def resolve_device(device: str | torch.device, setting: str = "--device") -> torch.device:
@@ -25,3 +25,11 @@ def resolve_device(device: str | torch.device, setting: str = "--device") -> tor
     if not (name == "cpu" or name.startswith("cuda")):
         raise MaskpipeError(f"unknown {setting} {name!r}; use auto, cpu or cuda")
     return torch.device(name)
+
+
+def training_device(setting: str) -> torch.device:
+    """The device ``train.device`` names (:func:`resolve_device`), or a :class:`TrainingError`."""
+    try:
+        return resolve_device(setting, "train.device")
+    except MaskpipeError as exc:
+        raise TrainingError(str(exc)) from None

@@ -177,6 +177,16 @@ def all_gather(value: Any) -> list[Any]:
     return gathered
 
 
+def broadcast_buffers(model: torch.nn.Module) -> None:
+    """Rank 0's buffers (BatchNorm statistics) into every rank's ``model``; no-op for one process."""
+    if not active():
+        return
+    import torch.distributed as dist
+
+    for buffer in model.buffers():
+        dist.broadcast(buffer, src=0)
+
+
 def gather_strided(shares: list[torch.Tensor]) -> torch.Tensor:
     """Undo a strided split: ``shares[r]`` holds items ``r, r + W, ...`` of the whole, in order."""
     if len(shares) == 1:

@@ -1,9 +1,10 @@
 """Resume state of one task's training: ``state/last.pt``, its checks, and the random streams it carries.
 
 A run writes the state after every completed epoch (:func:`run_state`); the next run on the same
-folder reads it back (:func:`load_resume_state`), refuses it when the config changed in a way
-that would mix two trainings (:func:`check_compatible`), and puts the model, optimizer,
-scheduler and random streams where the completed epochs left them (:func:`restore_run`).
+folder reads it back (:func:`read_resume_state`: every rank of a torchrun launch the same one),
+refuses it when the config changed in a way that would mix two trainings
+(:func:`check_compatible`), and puts the model, optimizer, scheduler, random streams and epoch
+records where the completed epochs left them (:func:`restore_run`).
 """
 
 from __future__ import annotations
@@ -18,10 +19,11 @@ import numpy as np
 import torch
 
 from maskpipe.config import Config, flatten
-from maskpipe.errors import CheckpointError
+from maskpipe.distributed import World, all_gather, local_leader_first
+from maskpipe.errors import CheckpointError, TrainingError
 
 if TYPE_CHECKING:
-    from maskpipe.train import _Run
+    from maskpipe.training_run import TrainingRun
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +54,34 @@ def remove_stale_temp_files(out_dir: Path) -> None:
         path.unlink(missing_ok=True)
     if stale:
         log.info("removed %d unfinished temporary file(s) from %s", len(stale), out_dir)
+
+
+def read_resume_state(world: World, out_dir: Path, resume_uri: str | None) -> dict[str, Any] | None:
+    """The state this run continues from (:func:`load_resume_state`), or None; under torchrun
+    the node's local rank 0 reads (and cleans, and downloads) first, and every rank must find
+    the same epoch."""
+
+    def read_state() -> dict[str, Any] | None:
+        if world.local_rank == 0:  # the node's other ranks wait: nobody writes yet
+            remove_stale_temp_files(out_dir)
+        return load_resume_state(out_dir, resume_uri)
+
+    state = local_leader_first(world, read_state)
+    check_same_state(world, state, out_dir)
+    return state
+
+
+def check_same_state(world: World, state: dict[str, Any] | None, out_dir: Path) -> None:
+    """Every rank must continue from the same epoch (rank 0's disk may not be another node's)."""
+    if not world.distributed:
+        return
+    epochs = all_gather(None if state is None else int(state["epoch"]))
+    if len(set(epochs)) > 1:
+        found = ", ".join(f"rank {r}: {'none' if e is None else f'epoch {e}'}" for r, e in enumerate(epochs))
+        raise TrainingError(
+            f"the ranks found different resume states in {out_dir} ({found}); give every node the "
+            "same --out folder (shared storage) or the same --resume-uri"
+        )
 
 
 def load_resume_state(out_dir: Path, resume_uri: str | None) -> dict[str, Any] | None:
@@ -105,7 +135,7 @@ def finished(state: dict[str, Any], config: Config) -> bool:
     return bool(state.get("stopped_early")) or int(state["epoch"]) >= config.train.epochs
 
 
-def run_state(run: _Run) -> dict[str, Any]:
+def run_state(run: TrainingRun) -> dict[str, Any]:
     """Everything a later run needs to continue ``run`` after its last completed epoch."""
     from maskpipe.checkpoint import cpu_state_dict
 
@@ -119,16 +149,16 @@ def run_state(run: _Run) -> dict[str, Any]:
         "scheduler": run.scheduler.state_dict(),
         "steps_per_epoch": run.steps_per_epoch,
         "rng": rng_state(run.generator),
-        "best_score": run.best_score,
-        "best_epoch": run.best_epoch,
-        "best_metrics": run.best_metrics,
-        "bad_epochs": run.bad_epochs,
-        "stopped_early": run.stopped_early,
-        "history": run.history,
+        "best_score": run.records.best_score,
+        "best_epoch": run.records.best_epoch,
+        "best_metrics": run.records.best_metrics,
+        "bad_epochs": run.records.bad_epochs,
+        "stopped_early": run.records.stopped_early,
+        "history": run.records.history,
     }
 
 
-def restore_run(run: _Run, state: dict[str, Any]) -> int:
+def restore_run(run: TrainingRun, state: dict[str, Any]) -> int:
     """Put ``state`` into ``run``; returns the last completed epoch."""
     run.model.load_state_dict(state["model"])
     run.optimizer.load_state_dict(state["optimizer"])
@@ -154,11 +184,12 @@ def restore_run(run: _Run, state: dict[str, Any]) -> int:
             # their own (rank 0 continues the saved one).
             seed_everything(run.config.train.seed + run.world.rank + 7919 * run.epoch)
             run.generator.manual_seed(run.config.train.seed + run.world.rank + 7919 * run.epoch)
-    run.best_score = float(state["best_score"])
-    run.best_epoch = int(state["best_epoch"])
-    run.best_metrics = dict(state["best_metrics"])
-    run.bad_epochs = int(state["bad_epochs"])
-    run.history = list(state["history"])
+    records = run.records
+    records.best_score = float(state["best_score"])
+    records.best_epoch = int(state["best_epoch"])
+    records.best_metrics = dict(state["best_metrics"])
+    records.bad_epochs = int(state["bad_epochs"])
+    records.history = list(state["history"])
     return run.epoch
 
 

@@ -2,7 +2,10 @@
 environment, and (slow) two gloo ranks on the CPU against one process, a killed rank, a resume.
 
 The torchrun tests run ``python -m torch.distributed.run --standalone --nproc_per_node=2 -m
-maskpipe train ...`` (what ``torchrun`` runs) on a small synthetic set, one mask model each.
+maskpipe train ...`` (what ``torchrun`` runs) on a small synthetic set, one mask model each: one
+2-rank run shared by the tests that read it, and a smaller 2-epoch one the killed-rank test
+kills and resumes. The 1-process reference and ``maskpipe infer`` run ``maskpipe.cli.main`` in
+the test's own process (the same command, without another interpreter importing torch).
 """
 
 from __future__ import annotations
@@ -116,7 +119,9 @@ def test_a_state_saved_before_the_distributed_keys_existed_still_resumes(tmp_pat
 EPOCHS = 6
 # The smoke preset at its own size; the 1-process run gets the 2-rank run's effective batch
 # (16 x 2) and the learning rate linear scaling gives the 2 ranks (2 x 2e-3).
-COMMON = ["--preset", "smoke", "--set", f"train.epochs={EPOCHS}", "--set", "data.num_workers=0"]
+COMMON = ["--preset", "smoke", "--set", "data.num_workers=0"]
+# The killed-rank test needs one epoch saved before the kill and one left for the rerun.
+KILLED_EPOCHS = 2
 TWO_RANKS = ["--set", "train.batch_size=16", "--set", "train.lr=0.002"]
 ONE_PROCESS = ["--set", "train.batch_size=32", "--set", "train.lr=0.004"]
 # Macro-F1 of the mask model on the 24 held-out people (168 images). The two runs see other
@@ -140,8 +145,11 @@ def _torchrun(*args: str) -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "maskpipe", *args]
 
 
-def _train_args(index: Path, out: Path, cache: Path, *extra: str) -> list[str]:
-    return ["train", "--task", "mask", "--index", str(index), "--out", str(out), "--cache-dir", str(cache), *COMMON, *extra]
+def _train_args(index: Path, out: Path, cache: Path, *extra: str, epochs: int = EPOCHS) -> list[str]:
+    return [
+        "train", "--task", "mask", "--index", str(index), "--out", str(out), "--cache-dir", str(cache),
+        *COMMON, "--set", f"train.epochs={epochs}", *extra,
+    ]  # fmt: skip
 
 
 def _run(command: list[str], timeout: float = 240) -> subprocess.CompletedProcess:
@@ -168,6 +176,28 @@ def two_rank_run(synth):
     return out, done
 
 
+def _maskpipe(*args: str) -> int:
+    """``maskpipe ARGS`` in this process, on one compute thread as each rank has (_env): on a
+    busy machine several spinning OpenMP threads make a run several times slower."""
+    from maskpipe.cli import main
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with pytest.MonkeyPatch.context() as env:
+            env.setenv("MASKPIPE_PROGRESS", "off")
+            return main(list(args))
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def one_process_run(synth):
+    out = synth / "one"
+    assert _maskpipe(*_train_args(synth / "index.parquet", out, synth / "cache", *ONE_PROCESS)) == 0
+    return out
+
+
 @pytest.mark.slow
 def test_two_ranks_train_a_checkpoint_that_infer_scores(two_rank_run, synth, tmp_path):
     from maskpipe.checkpoint import load_checkpoint
@@ -183,22 +213,20 @@ def test_two_ranks_train_a_checkpoint_that_infer_scores(two_rank_run, synth, tmp
     assert loaded.task == "mask" and loaded.meta["epoch"] == EPOCHS
     others = write_task_checkpoints(tmp_path / "others", arch="resnet10t", overrides=["data.input_size=96x72"])
     submission = tmp_path / "submission.csv"
-    scored = _run(
-        [sys.executable, "-m", "maskpipe", "infer", "--mask", str(out), "--gender", str(others["gender"]),
-         "--age", str(others["age"]), "--data", str(synth / "data"), "-o", str(submission), "--workers", "0"]
+    scored = _maskpipe(
+        "infer", "--mask", str(out), "--gender", str(others["gender"]), "--age", str(others["age"]),
+        "--data", str(synth / "data"), "-o", str(submission), "--workers", "0",
     )  # fmt: skip
-    assert scored.returncode == 0, scored.stdout + scored.stderr
+    assert scored == 0
     assert len(submission.read_text().splitlines()) == 1 + 4 * 7  # header + 7 photos per eval person
 
 
 @pytest.mark.slow
-def test_two_ranks_score_the_held_out_people_like_one_process_at_the_same_effective_batch(two_rank_run, synth):
+def test_two_ranks_score_the_held_out_people_like_one_process_at_the_same_effective_batch(two_rank_run, one_process_run):
     import json
 
-    one = _run([sys.executable, "-m", "maskpipe", *_train_args(synth / "index.parquet", synth / "one", synth / "cache", *ONE_PROCESS)])
-    assert one.returncode == 0, one.stdout + one.stderr
     two_f1 = json.loads((two_rank_run[0] / "metrics.json").read_text())["macro_f1"]
-    one_f1 = json.loads((synth / "one" / "metrics.json").read_text())["macro_f1"]
+    one_f1 = json.loads((one_process_run / "metrics.json").read_text())["macro_f1"]
     print(f"held-out mask macro-F1: 1 process {one_f1:.4f}, 2 ranks {two_f1:.4f}")
     assert min(one_f1, two_f1) >= F1_FLOOR, (one_f1, two_f1)
     assert abs(two_f1 - one_f1) <= F1_TOLERANCE, (one_f1, two_f1)
@@ -224,7 +252,8 @@ def test_a_killed_rank_ends_the_job_naming_it_and_a_rerun_resumes(synth):
     from maskpipe.checkpoint import load_state
 
     out = synth / "killed"
-    command = _torchrun(*_train_args(synth / "index.parquet", out, synth / "cache", *TWO_RANKS, "--set", "data.input_size=48x36"))
+    smaller = ("--set", "data.input_size=48x36")
+    command = _torchrun(*_train_args(synth / "index.parquet", out, synth / "cache", *TWO_RANKS, *smaller, epochs=KILLED_EPOCHS))
     job = subprocess.Popen(command, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 180
@@ -240,9 +269,9 @@ def test_a_killed_rank_ends_the_job_naming_it_and_a_rerun_resumes(synth):
     # torchrun's failure summary names the rank that died first and how.
     assert re.search(r"Root Cause.*?rank\s*:\s*1 \(local_rank: 1\)\s+exitcode\s*:\s*-9", output, re.S), output
     saved_epoch = load_state(out / "state" / "last.pt")["epoch"]
-    assert 1 <= saved_epoch < EPOCHS
+    assert 1 <= saved_epoch < KILLED_EPOCHS
 
     rerun = _run(command)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     assert f"resuming {out} after epoch {saved_epoch}" in rerun.stderr
-    assert f"mask: epochs {EPOCHS}/{EPOCHS}, resumed after epoch {saved_epoch}" in rerun.stdout
+    assert f"mask: epochs {KILLED_EPOCHS}/{KILLED_EPOCHS}, resumed after epoch {saved_epoch}" in rerun.stdout

@@ -9,6 +9,7 @@ either a uint8 HxWx3 tensor (normalised later, batched, on the training device) 
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -18,6 +19,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from maskpipe.data.images import default_workers
 from maskpipe.labels import age_label, check_task
+
+log = logging.getLogger(__name__)
 
 # Index column holding each task's official label.
 LABEL_COLUMNS: dict[str, str] = {"mask": "mask_label", "gender": "gender_label", "age": "age_label"}
@@ -90,6 +93,17 @@ def default_num_workers(requested: int | None = None, share: int = 1) -> int:
     if requested is not None:
         return requested
     return max(0, min(8, default_workers() // share - 1))
+
+
+def share_cpus(loader_workers: int, processes: int = 1) -> None:
+    """Lower torch's compute threads so that they and ``loader_workers`` fit this process's
+    part of the CPUs (shared by the node's ``processes`` training processes)."""
+    # Oversubscribed OpenMP threads spin against each other and a step gets several times
+    # slower, not faster.
+    threads = max(1, default_workers() // processes - loader_workers)
+    if threads < torch.get_num_threads():
+        log.debug("using %d compute threads beside %d loader workers", threads, loader_workers)
+        torch.set_num_threads(threads)
 
 
 def _seed_worker(worker_id: int) -> None:
