@@ -28,8 +28,8 @@ from pathlib import Path
 
 import torch
 
-from original_recipe import BenchmarkError, run_in_work_dir, synthetic_photos
-from results import add_results_argument, record
+from original_recipe import BenchmarkError, synthetic_photos
+from results import add_results_argument, benchmark_main
 
 from maskpipe.cli_args import height_by_width
 from maskpipe.data.index import build_index, read_index
@@ -152,10 +152,7 @@ def run(args: argparse.Namespace, work_dir: Path) -> float:
     return efficiency
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    return record(args.results, lambda: run_in_work_dir(lambda folder: run(args, folder), args.work_dir),
-                  script=__file__, argv=argv)  # fmt: skip
+main = benchmark_main(__file__, parse_args, run)
 
 
 if __name__ == "__main__":

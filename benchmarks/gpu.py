@@ -41,8 +41,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from original_recipe import BenchmarkError, run_in_work_dir, synthetic_photos
-from results import add_results_argument, record, results_path
+from original_recipe import BenchmarkError, synthetic_photos
+from results import add_results_argument, benchmark_main, results_path
 
 from maskpipe.config import load_config
 from maskpipe.labels import NUM_CLASSES
@@ -388,10 +388,7 @@ def run(args: argparse.Namespace, work_dir: Path) -> float:
     return speedup
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    return record(args.results, lambda: run_in_work_dir(lambda folder: run(args, folder), args.work_dir),
-                  script=__file__, argv=argv)  # fmt: skip
+main = benchmark_main(__file__, parse_args, run)
 
 
 if __name__ == "__main__":

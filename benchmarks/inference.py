@@ -46,8 +46,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from original_recipe import BenchmarkError, run_in_work_dir
-from results import add_results_argument, record
+from original_recipe import BenchmarkError
+from results import add_results_argument, benchmark_main
 from PIL import Image
 
 from maskpipe.checkpoint import load_checkpoint, save_checkpoint
@@ -345,10 +345,7 @@ def _rounds(seconds: list[float]) -> str:
     return "best of " + ", ".join(f"{s:.2f}" for s in seconds) + " s"
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    return record(args.results, lambda: run_in_work_dir(lambda folder: run(args, folder), args.work_dir),
-                  script=__file__, argv=argv)  # fmt: skip
+main = benchmark_main(__file__, parse_args, run)
 
 
 if __name__ == "__main__":

@@ -46,10 +46,9 @@ from original_recipe import (
     original_config,
     original_loader,
     pin_to_one_core,
-    run_in_work_dir,
     synthetic_photos,
 )
-from results import add_results_argument, record
+from results import add_results_argument, benchmark_main
 
 from maskpipe.cli_args import height_by_width
 from maskpipe.config import load_config
@@ -318,10 +317,7 @@ def report(args, cpu: int, n: int, original: Measured, ours: Measured, ours_pres
     return speedup
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    return record(args.results, lambda: run_in_work_dir(lambda folder: run(args, folder), args.work_dir),
-                  script=__file__, argv=argv)  # fmt: skip
+main = benchmark_main(__file__, parse_args, run)
 
 
 if __name__ == "__main__":

@@ -78,6 +78,19 @@ def record(results: Path | None, run: Callable[[], int], *, script: str, argv: S
     return status
 
 
+def benchmark_main(script: str, parse_args: Callable, run: Callable) -> Callable[[Sequence[str] | None], int]:
+    """A benchmark script's ``main(argv)``: parse, then ``run(args, folder)`` in ``--work-dir`` (or a
+    temporary folder, ``original_recipe.run_in_work_dir``) with its output kept as ``--results``."""
+    from original_recipe import run_in_work_dir
+
+    def main(argv: Sequence[str] | None = None) -> int:
+        args = parse_args(argv)
+        return record(args.results, lambda: run_in_work_dir(lambda folder: run(args, folder), args.work_dir),
+                      script=script, argv=argv)  # fmt: skip
+
+    return main
+
+
 def command_line(script: str, argv: Sequence[str] | None = None) -> str:
     """The command that runs ``script`` with ``argv``, as typed from the repository root."""
     path = Path(script).resolve()

@@ -46,8 +46,8 @@ from pathlib import Path
 
 import numpy as np
 from inference import write_checkpoints, write_images
-from original_recipe import BenchmarkError, run_in_work_dir
-from results import add_results_argument, record
+from original_recipe import BenchmarkError
+from results import add_results_argument, benchmark_main
 from serve_client import ServerProcess, drive, serving_python, v1_body
 
 from PIL import Image
@@ -246,10 +246,7 @@ def _check_answers(result, expected: np.ndarray, clients: int) -> None:
             raise BenchmarkError(f"served class {got} for photo {image}, offline gave {expected[image]}")
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    return record(args.results, lambda: run_in_work_dir(lambda folder: run(args, folder), args.work_dir),
-                  script=__file__, argv=argv)  # fmt: skip
+main = benchmark_main(__file__, parse_args, run)
 
 
 if __name__ == "__main__":

@@ -35,11 +35,10 @@ from original_recipe import (
     make_training,
     original_config,
     original_loader,
-    run_in_work_dir,
     synthetic_photos,
     train_one_epoch,
 )
-from results import add_results_argument, record
+from results import add_results_argument, benchmark_main
 
 from maskpipe.cli_args import height_by_width
 from maskpipe.config import load_config
@@ -184,10 +183,7 @@ def run(args: argparse.Namespace, work_dir: Path) -> float:
     return speedup
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    return record(args.results, lambda: run_in_work_dir(lambda folder: run(args, folder), args.work_dir),
-                  script=__file__, argv=argv)  # fmt: skip
+main = benchmark_main(__file__, parse_args, run)
 
 
 if __name__ == "__main__":
