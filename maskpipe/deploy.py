@@ -307,7 +307,7 @@ def _call(method, verb: str, meta: Any, *args, missing_ok: bool = False, **kwarg
         api = exc if isinstance(exc, ApiException) else exc.__context__
         if not isinstance(api, ApiException):
             raise
-        reason = _api_message(api)
+        reason = api_message(api)
         if api.status == 404 and _object_missing(api):
             if missing_ok:
                 return None
@@ -342,7 +342,7 @@ def _call(method, verb: str, meta: Any, *args, missing_ok: bool = False, **kwarg
         ) from None
 
 
-def _api_message(api: Any) -> str:
+def api_message(api: Any) -> str:
     """The ``message`` of the API's Status body, on one line (the raw body if it is not one)."""
     try:
         message = json.loads(api.body).get("message") or api.body

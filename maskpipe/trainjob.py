@@ -397,6 +397,6 @@ def _cause(exc: BaseException) -> str:
 
 
 def _api_message(api: Any) -> str:
-    from maskpipe.deploy import _api_message as message_of
+    from maskpipe.deploy import api_message  # the deploy step reads the API's Status body alike
 
-    return message_of(api)
+    return api_message(api)
