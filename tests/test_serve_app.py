@@ -104,9 +104,26 @@ def test_kserve_flags_reach_its_model_server(start_server):
         assert request(f"{server.url}/v1/models/maskpipe:predict", v1_body([jpeg()])).status == 404
         with socket.create_connection(("127.0.0.1", server.port), timeout=10) as connection:
             connection.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n")
-            assert connection.recv(4096).startswith(b"HTTP/1.1 200")
+            assert _read_response(connection).startswith(b"HTTP/1.1 200")
             time.sleep(2.5)  # past the 1 s keep-alive: the server has closed the idle connection
             assert connection.recv(1) == b"", "the connection is still open: --timeout-keep-alive did not reach KServe"
+
+
+def _read_response(connection: socket.socket) -> bytes:
+    """One whole HTTP/1.1 response (headers and its Content-Length body), however TCP splits it,
+    so that what the socket gives next is only what comes after it (here: the close)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = connection.recv(4096)
+        assert chunk, f"the server closed the connection mid-response: {data!r}"
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next(int(line.split(b":", 1)[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:"))
+    while len(body) < length:
+        chunk = connection.recv(4096)
+        assert chunk, f"the server closed the connection mid-body: {data!r}"
+        body += chunk
+    return data
 
 
 def test_every_route_kserve_registers_is_on_the_predictor_list_or_unreachable(start_server):
